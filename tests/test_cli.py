@@ -111,3 +111,13 @@ def test_interactive_chat_ctrl_c_stops_the_reply_not_the_program(tmp_path: Path)
     assert 0 < (saved[1].completion_tokens or 0) < 300
     shown = (seen + out).partition("hearth> ")[2]
     assert shown.strip().startswith(saved[1].content.strip()[:10])
+
+
+def test_no_arguments_opens_the_terminal_chat() -> None:
+    result = run_cli(stdin="Say hi.\n/exit\n", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Hearth terminal chat, model smollm2-135m" in result.stderr
+    assert "hearth> " in result.stdout
+    chats = ChatStore().list_chats()
+    assert len(chats) == 1
+    assert [m.role for m in ChatStore().current_path(chats[0].id)] == ["user", "assistant"]
