@@ -38,9 +38,34 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--temperature", type=float, help="0 = deterministic; higher = more varied")
     chat.add_argument("--system", dest="system_prompt", help="set the conversation's system prompt")
 
-    models = commands.add_parser("models", help="list local models", description="Manage local models.")
+    models = commands.add_parser(
+        "models", help="list, download, verify and delete local models", description="Manage local models."
+    )
     model_commands = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
     model_commands.add_parser("list", help="list known models and their status")
+    download = model_commands.add_parser(
+        "download",
+        help="download a model (resumes a partial download)",
+        description="Download MODEL (a catalog id or a Hub repo owner/name) into the models folder. Run it again "
+        "after any interruption to resume. Exits 0 only when every file is complete and verified.",
+    )
+    download.add_argument("model", help="catalog id (e.g. qwen2.5-0.5b) or Hub repo (owner/name)")
+    download.add_argument(
+        "--endpoint",
+        action="append",
+        dest="endpoints",
+        metavar="URL",
+        help="Hub endpoint or mirror; repeat in order of preference (replaces the configured list for this run)",
+    )
+    download.add_argument("--revision", help="branch, tag or commit (default: the catalog's, usually main)")
+    verify = model_commands.add_parser("verify", help="re-check every file's checksum")
+    verify.add_argument("model")
+    delete = model_commands.add_parser("delete", help="delete a downloaded model's files")
+    delete.add_argument("model")
+    add = model_commands.add_parser("add", help="add a Hub repository to the catalog")
+    add.add_argument("repo", help="owner/name on the Hugging Face Hub")
+    add.add_argument("--id", dest="model_id", help="the id to use in Hearth (default: the repo name, lower case)")
+    add.add_argument("--revision", default="main")
     return parser
 
 
@@ -156,16 +181,70 @@ def _interactive(handler: Any, chat_id: str, params: dict[str, Any]) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from src.utils.catalog import BUILTIN_MODELS, is_loadable_model_dir, model_dir
+    from src.utils.ModelManager import ModelManager
 
-    rows = []
-    for entry in BUILTIN_MODELS:
-        if entry.embedded:
-            status = "embedded"
-        else:
-            status = "ready" if is_loadable_model_dir(model_dir(entry.id)) else "not downloaded"
-        rows.append((entry.id, entry.repo, f"{entry.size_bytes / 1e9:.2f} GB", status))
-    widths = [max(len(str(row[i])) for row in [("ID", "REPO", "SIZE", "STATUS"), *rows]) for i in range(4)]
-    for row in [("ID", "REPO", "SIZE", "STATUS"), *rows]:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+    manager = ModelManager()
+    action = args.models_command
+    if action == "list":
+        header = ("ID", "REPO", "SIZE", "STATUS")
+        rows = [
+            (info.entry.id, info.entry.repo, f"{info.size_bytes / 1e9:.2f} GB" if info.size_bytes else "?",
+             info.status_label)
+            for info in manager.list_models()
+        ]
+        widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(4)]
+        for row in [header, *rows]:
+            print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+        return 0
+    if action == "download":
+        return _download(manager, args)
+    if action == "verify":
+        bad = manager.verify(args.model)
+        if bad:
+            print(f"error: corrupt files (removed; run `models download {args.model}` to fetch them again): "
+                  + ", ".join(bad), file=sys.stderr)
+            return EXIT_USER_ERROR
+        print(f"{args.model}: every file matches its checksum")
+        return 0
+    if action == "delete":
+        deleted = manager.delete(args.model)
+        print(f"{args.model}: deleted" if deleted else f"{args.model}: nothing to delete")
+        return 0
+    entry = manager.add_model(args.repo, args.model_id, args.revision)
+    print(f"Added {entry.repo} as {entry.id}. Download it with: python main.py models download {entry.id}")
+    return 0
+
+
+def _download(manager: Any, args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from src.utils.downloader import DONE, CancelToken
+
+    cancel = CancelToken()
+    bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc=args.model, dynamic_ncols=True)
+
+    def show(progress: Any) -> None:
+        if progress.total and bar.total != progress.total:
+            bar.total = progress.total
+        bar.n = progress.done
+        endpoint = (progress.endpoint or "").split("://")[-1]
+        bar.set_postfix_str(f"{progress.state} {progress.file or ''} via {endpoint}".strip(), refresh=False)
+        bar.refresh()
+
+    try:
+        state = manager.download(
+            args.model, endpoints=args.endpoints, revision=args.revision, progress=show, cancel=cancel
+        )
+    except KeyboardInterrupt:
+        cancel.cancel()
+        bar.close()
+        print("Paused. Run the same command again to resume.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        bar.close()
+    if state.status != DONE:
+        print(f"Stopped ({state.status}). Run the same command again to resume.", file=sys.stderr)
+        return EXIT_USER_ERROR
+    print(f"{state.model_id} is ready ({state.repo} @ {state.commit[:10]}). Chat with it: "
+          f"python main.py chat --model {state.model_id}")
     return 0

@@ -138,3 +138,78 @@ class RemoteModelNotFoundError(ProviderError):
             + (f" ({detail})" if detail else "")
             + ". Check the model name (for Ollama: `ollama list`)."
         )
+
+
+# --- model downloads ---------------------------------------------------------------------------------------------
+
+
+class DownloadError(HearthError):
+    """A model download failed; the partial state is kept so that running it again resumes."""
+
+
+class InvalidRepoIdError(DownloadError, ValueError):
+    def __init__(self, repo: str) -> None:
+        super().__init__(
+            f"{repo!r} is not a Hugging Face repository id. Use the form owner/name, e.g. Qwen/Qwen2.5-0.5B-Instruct."
+        )
+
+
+class RepoNotFoundError(DownloadError):
+    def __init__(self, repo: str, revision: str, endpoint: str) -> None:
+        super().__init__(f"Repository {repo!r} (revision {revision!r}) was not found on {endpoint}. Check the name.")
+
+
+class GatedRepoError(DownloadError):
+    def __init__(self, repo: str, endpoint: str, status: int) -> None:
+        super().__init__(
+            f"Repository {repo!r} on {endpoint} needs permission ({status}): accept its license on the Hub and set "
+            "a token in HF_TOKEN (the token is only ever sent to huggingface.co)."
+        )
+
+
+class RemoteFileNotFoundError(DownloadError):
+    def __init__(self, repo: str, path: str, endpoint: str) -> None:
+        super().__init__(f"File {path!r} of {repo!r} was not found on {endpoint}.")
+
+
+class NoHealthyEndpointError(DownloadError):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__(
+            "No download endpoint answered: " + "; ".join(problems) + ". Check the network or add a mirror "
+            "(--endpoint URL, or the mirror list in the settings)."
+        )
+
+
+class FileDownloadFailedError(DownloadError):
+    def __init__(self, path: str, endpoint: str, cause: str, attempts: int) -> None:
+        super().__init__(
+            f"Downloading {path!r} from {endpoint} failed after {attempts} attempts: {cause}. "
+            "Run the download again to resume where it stopped."
+        )
+
+
+class ChecksumMismatchError(DownloadError):
+    def __init__(self, path: str, expected: str, actual: str) -> None:
+        super().__init__(
+            f"{path!r} is corrupt even after downloading it again (expected sha256 {expected[:12]}..., got "
+            f"{actual[:12]}...). The mirror may serve a bad copy: try another endpoint."
+        )
+
+
+class InsufficientDiskSpaceError(DownloadError):
+    def __init__(self, folder: str, needed: int, free: int) -> None:
+        super().__init__(
+            f"Not enough disk space in {folder}: the download needs {needed / 1e9:.2f} GB more (including a 10% "
+            f"margin) but only {free / 1e9:.2f} GB is free. Free some space or move the models folder "
+            "(HEARTH_MODELS_DIR)."
+        )
+
+
+class DownloadInProgressError(DownloadError):
+    def __init__(self, model_id: str) -> None:
+        super().__init__(f"Model {model_id!r} is already being downloaded (by this or another Hearth process).")
+
+
+class NotDownloadableError(DownloadError):
+    def __init__(self, model_id: str) -> None:
+        super().__init__(f"Model {model_id!r} ships with Hearth and is not downloaded.")

@@ -38,6 +38,22 @@ REMOTE_READ_TIMEOUT_S = 300.0
 # How long a writer waits for SQLite's lock before giving up (milliseconds).
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
+# Hugging Face Hub downloads. The official Hub first, then a public mirror for where it is blocked; HF_ENDPOINT
+# (huggingface_hub's own variable) goes in front when set. Users edit the list in the settings.
+OFFICIAL_HUB_ENDPOINT = "https://huggingface.co"
+DEFAULT_HUB_MIRRORS = ("https://hf-mirror.com",)
+# The Hub token is a credential: sent only to these hosts (host or host:port), never to a mirror.
+DEFAULT_HUB_TOKEN_HOSTS = ("huggingface.co",)
+HUB_PROBE_TIMEOUT_S = 1.5  # an endpoint that can't answer a metadata request in this time is skipped
+HUB_CONNECT_TIMEOUT_S = 5.0
+HUB_READ_TIMEOUT_S = 20.0
+DOWNLOAD_RETRIES = 3  # per file, after the first try
+DOWNLOAD_BACKOFF_S = (2.0, 5.0, 10.0)
+DOWNLOAD_DISK_MARGIN = 1.10  # free space needed = bytes still to fetch x this
+
+ENV_HF_ENDPOINT = "HF_ENDPOINT"
+ENV_HF_TOKEN = "HF_TOKEN"
+ENV_HUB_TOKEN_HOSTS = "HEARTH_HUB_TOKEN_HOSTS"
 ENV_DATA_DIR = "HEARTH_DATA_DIR"
 ENV_DB_PATH = "HEARTH_DB_PATH"
 ENV_MODELS_DIR = "HEARTH_MODELS_DIR"
@@ -62,6 +78,9 @@ class Settings:
     dtype: str | None  # None = best for the device ("bfloat16" where the CPU computes it natively)
     api_key_override: str | None  # for headless machines without a keyring; never stored anywhere
     remote_read_timeout_s: float
+    hf_endpoint: str | None  # HF_ENDPOINT, put first in the endpoint list
+    hf_token: str | None
+    hub_token_hosts: tuple[str, ...]
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -79,7 +98,20 @@ class Settings:
             dtype=env.get(ENV_DTYPE) or None,
             api_key_override=env.get(ENV_API_KEY) or None,
             remote_read_timeout_s=float(env.get(ENV_REMOTE_READ_TIMEOUT) or REMOTE_READ_TIMEOUT_S),
+            hf_endpoint=(env.get(ENV_HF_ENDPOINT) or "").strip().rstrip("/") or None,
+            hf_token=env.get(ENV_HF_TOKEN) or None,
+            hub_token_hosts=tuple(
+                h.strip().lower() for h in (env.get(ENV_HUB_TOKEN_HOSTS) or ",".join(DEFAULT_HUB_TOKEN_HOSTS)).split(",")
+                if h.strip()
+            ),
         )
+
+    def default_hub_endpoints(self) -> list[str]:
+        endpoints = [self.hf_endpoint] if self.hf_endpoint else []
+        for endpoint in (OFFICIAL_HUB_ENDPOINT, *DEFAULT_HUB_MIRRORS):
+            if endpoint not in endpoints:
+                endpoints.append(endpoint)
+        return endpoints
 
 
 @lru_cache(maxsize=1)

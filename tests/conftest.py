@@ -11,7 +11,7 @@ import keyring.backends.fail
 import pytest
 from keyring.backend import KeyringBackend
 
-from src.settings import ENV_API_KEY, ENV_DATA_DIR, ENV_DB_PATH, reload_settings
+from src.settings import ENV_API_KEY, ENV_DATA_DIR, ENV_DB_PATH, ENV_HF_ENDPOINT, ENV_HF_TOKEN, ENV_MODELS_DIR, reload_settings
 from tests.keyring_backends import InMemoryKeyring
 
 
@@ -33,6 +33,8 @@ def hearth_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
     # A developer's own HEARTH_DB_PATH would escape the temporary folder, and HEARTH_API_KEY would change results.
     monkeypatch.delenv(ENV_DB_PATH, raising=False)
     monkeypatch.delenv(ENV_API_KEY, raising=False)
+    monkeypatch.delenv(ENV_HF_ENDPOINT, raising=False)
+    monkeypatch.delenv(ENV_HF_TOKEN, raising=False)
     reload_settings()
     yield data_dir
     monkeypatch.undo()
@@ -57,3 +59,17 @@ def memory_keyring() -> Iterator[InMemoryKeyring]:
 def no_keyring() -> Iterator[None]:
     with _installed_keyring(keyring.backends.fail.Keyring()):
         yield
+
+
+@pytest.fixture
+def models_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh models folder (HEARTH_MODELS_DIR) holding only the embedded model, linked rather than converted."""
+    from src.utils.catalog import resolve_local_model
+
+    _, embedded = resolve_local_model("smollm2-135m")
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "smollm2-135m").symlink_to(embedded, target_is_directory=True)
+    monkeypatch.setenv(ENV_MODELS_DIR, str(folder))
+    reload_settings()
+    return folder

@@ -18,8 +18,6 @@ from src.errors import (
     ProviderError,
     UnknownModelError,
 )
-from src.settings import ENV_MODELS_DIR, reload_settings
-from src.utils.catalog import resolve_local_model
 from src.utils.ChatUtils import AIRequestHandlerWithHistory
 from src.utils.generation import FINISH_CANCELLED, FINISH_ERROR
 from tests.fakes import ScriptedFakeModel
@@ -42,18 +40,6 @@ def readme_snippet(model: str) -> str:
     chat_handler.params = chat_handler.params.updated(**FEW_TOKENS)  # few tokens: keep the suite fast
     response = chat_handler.get_single_response("test_chat", "你好，请介绍一下自己")
     return response
-
-
-@pytest.fixture
-def models_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh models folder holding the embedded model (linked, not converted again)."""
-    _, embedded = resolve_local_model("smollm2-135m")
-    folder = tmp_path / "models"
-    folder.mkdir()
-    (folder / "smollm2-135m").symlink_to(embedded, target_is_directory=True)
-    monkeypatch.setenv(ENV_MODELS_DIR, str(folder))
-    reload_settings()
-    return folder
 
 
 def test_readme_snippet_on_the_embedded_model() -> None:

@@ -17,6 +17,8 @@ from src.db.database import open_database
 from src.db.migrations import MIGRATIONS, MIGRATIONS_TABLE, migrate
 from src.db.models import MODELS, UTCDateTimeField, database_proxy
 from src.errors import ChatNotFoundError, InvalidParameterError, MessageNotFoundError
+
+ALL_MIGRATIONS = [m.__name__ for m in MIGRATIONS]
 from src.settings import ENV_DATA_DIR, get_settings, reload_settings
 
 
@@ -34,8 +36,8 @@ def _point_data_dir(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
 
 def test_migrations_applied_once_and_recorded() -> None:
     db = get_database()
-    assert applied_migrations(db) == ["m001_initial"] == [m.__name__ for m in MIGRATIONS]
-    assert _count(db, MIGRATIONS_TABLE) == 1
+    assert applied_migrations(db) == ["m001_initial", "m002_user_models"] == [m.__name__ for m in MIGRATIONS]
+    assert _count(db, MIGRATIONS_TABLE) == len(MIGRATIONS)
     assert {"llm_config", "chat", "message", "app_setting"} <= set(db.get_tables())
 
 
@@ -78,9 +80,9 @@ def test_two_processes_opening_a_fresh_database_migrate_it_once(tmp_path: Path) 
         for thread in threads:
             thread.join(timeout=30)
         assert errors == [], f"attempt {attempt}"
-        assert sorted(results) == [[], ["m001_initial"]]
+        assert sorted(results) == [[], ALL_MIGRATIONS]
         check = open_database(path)
-        assert applied_migrations(check) == ["m001_initial"]
+        assert applied_migrations(check) == ALL_MIGRATIONS
         assert check.pragma("journal_mode") == "wal"
         check.close()
 
@@ -193,7 +195,7 @@ def test_get_database_follows_settings(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert second is not first
     assert database_proxy.obj is second
     assert Path(second.database) == tmp_path / "other" / "hearth.sqlite3"
-    assert applied_migrations(second) == ["m001_initial"]
+    assert applied_migrations(second) == ALL_MIGRATIONS
     assert ChatStore().get_chat("only-in-first") is None
 
     _point_data_dir(monkeypatch, original_dir)

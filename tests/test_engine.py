@@ -18,7 +18,9 @@ STORY = [{"role": "user", "content": "Write a long story about a dragon who lear
 
 @pytest.fixture(scope="module")
 def engine() -> LocalLLMEngine:
-    return LocalLLMEngine.shared()
+    shared = LocalLLMEngine.shared()
+    shared.load_model("smollm2-135m")  # another test module may have left a different model loaded
+    return shared
 
 
 

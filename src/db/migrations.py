@@ -91,8 +91,24 @@ def m001_initial(db: peewee.SqliteDatabase) -> None:
     _execute_script(db, _M001_STATEMENTS)
 
 
+def m002_user_models(db: peewee.SqliteDatabase) -> None:
+    _execute_script(
+        db,
+        (
+            """
+            CREATE TABLE user_model (
+                id TEXT NOT NULL PRIMARY KEY,
+                repo TEXT NOT NULL,
+                revision TEXT NOT NULL,
+                added_at TEXT NOT NULL
+            )
+            """,
+        ),
+    )
+
+
 # Append only. The function's name is what gets recorded, so never rename one either.
-MIGRATIONS: tuple[Migration, ...] = (m001_initial,)
+MIGRATIONS: tuple[Migration, ...] = (m001_initial, m002_user_models)
 
 
 def applied_migrations(db: peewee.SqliteDatabase) -> list[str]:

@@ -122,4 +122,16 @@ class AppSetting(BaseModel):
         table_name = "app_setting"
 
 
-MODELS: tuple[type[BaseModel], ...] = (LLMConfig, Chat, Message, AppSetting)
+class UserModel(BaseModel):
+    """A Hub repository the user added to the model catalog (the built-in entries live in code)."""
+
+    id = peewee.TextField(primary_key=True)
+    repo = peewee.TextField()
+    revision = peewee.TextField()
+    added_at = UTCDateTimeField()
+
+    class Meta:
+        table_name = "user_model"
+
+
+MODELS: tuple[type[BaseModel], ...] = (LLMConfig, Chat, Message, AppSetting, UserModel)

@@ -74,12 +74,35 @@ BUILTIN_MODELS: tuple[CatalogEntry, ...] = (
 )
 
 
+def user_entry(model_id: str, repo: str, revision: str) -> CatalogEntry:
+    return CatalogEntry(
+        id=model_id,
+        repo=repo,
+        revision=revision,
+        names={"en": repo, "zh": repo},
+        descriptions={"en": f"Added from the Hugging Face Hub: {repo}", "zh": f"从 Hugging Face Hub 添加：{repo}"},
+        language="",
+        size_bytes=0,  # known once the file list is fetched
+        recommended_use="",
+    )
+
+
+def all_entries() -> list[CatalogEntry]:
+    """The built-in models, then the ones the user added (``models add owner/name``)."""
+    from src.db.user_models import UserModelStore
+
+    builtin_ids = {entry.id for entry in BUILTIN_MODELS}
+    added = [user_entry(m.id, m.repo, m.revision) for m in UserModelStore().list() if m.id not in builtin_ids]
+    return [*BUILTIN_MODELS, *added]
+
+
 def find_entry(model_id: str) -> CatalogEntry | None:
-    return next((entry for entry in BUILTIN_MODELS if entry.id == model_id), None)
+    builtin = next((entry for entry in BUILTIN_MODELS if entry.id == model_id), None)
+    return builtin or next((entry for entry in all_entries() if entry.id == model_id), None)
 
 
 def known_model_ids() -> list[str]:
-    return [entry.id for entry in BUILTIN_MODELS]
+    return [entry.id for entry in all_entries()]
 
 
 def model_dir(model_id: str) -> Path:
@@ -92,6 +115,16 @@ def is_loadable_model_dir(path: Path) -> bool:
         and any((path / name).is_file() for name in _WEIGHT_FILES)
         and any((path / name).is_file() for name in _TOKENIZER_FILES)
     )
+
+
+def is_model_ready(path: Path) -> bool:
+    """Loadable, and if Hearth downloaded it, the download finished (a half-downloaded folder can look loadable)."""
+    from src.utils.downloader import DownloadState
+
+    if not is_loadable_model_dir(path):
+        return False
+    state = DownloadState.load(path)
+    return state is None or state.complete
 
 
 def resolve_local_model(model_ref: str) -> tuple[str, Path]:
@@ -107,12 +140,12 @@ def resolve_local_model(model_ref: str) -> tuple[str, Path]:
 
             return entry.id, ensure_embedded_model(model_dir(entry.id))
         folder = model_dir(entry.id)
-        if is_loadable_model_dir(folder):
+        if is_model_ready(folder):
             return entry.id, folder
         raise ModelNotDownloadedError(entry.id, str(folder))
     path = Path(model_ref).expanduser()
     for folder in (model_dir(model_ref), path):
-        if is_loadable_model_dir(folder):
+        if is_model_ready(folder):
             return folder.name, folder
     if path.is_dir():
         raise ModelLoadError(

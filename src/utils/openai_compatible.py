@@ -24,11 +24,9 @@ must never intercept a local model server. Pass ``trust_env=False`` to ignore th
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import re
-import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -47,6 +45,7 @@ from src.errors import (
     ServerUnreachableError,
 )
 from src.settings import get_settings
+from src.utils.http_client import SocketInterrupter, direct_mounts_for
 from src.utils.generation import (
     FINISH_CANCELLED,
     FINISH_ERROR,
@@ -95,15 +94,6 @@ def _parse_base_url(base_url: str) -> httpx.URL:
         raise ConfigError(f"Invalid server URL {raw!r}: it must start with http:// or https:// and name a host. {hint}")
     path = url.path.rstrip("/")
     return url.copy_with(path=path or "/v1", fragment=None)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # --- server-sent events ------------------------------------------------------------------------------------------
@@ -180,54 +170,6 @@ def _error_from_payload(payload: Any) -> tuple[str, str | None]:
             text = value if isinstance(value, str) else json.dumps(value)
             return text, (str(code) if code is not None else None)
     return json.dumps(payload), None
-
-
-class _Disconnector:
-    """Shuts down one request's socket from any thread, even before the response has started.
-
-    ``shutdown`` (unlike ``close``) wakes a thread blocked in ``recv`` on that socket and sends the server a FIN.
-    The lock makes shutdown and ``detach`` exclusive, so a socket the reading thread has already closed (whose
-    descriptor number the OS may have reused) is never touched.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._sock: socket.socket | None = None
-        self._fired = False
-
-    def trace(self, event: str, info: dict[str, Any]) -> None:
-        """httpcore ``trace`` extension: capture the socket as soon as it is connected."""
-        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
-            self.attach_stream(info.get("return_value"))
-
-    def attach_stream(self, network_stream: Any) -> None:
-        get_extra_info = getattr(network_stream, "get_extra_info", None)
-        sock = get_extra_info("socket") if get_extra_info is not None else None
-        if not isinstance(sock, socket.socket):
-            return
-        with self._lock:
-            self._sock = sock
-            if self._fired:
-                self._shutdown(sock)
-
-    def fire(self) -> None:
-        with self._lock:
-            self._fired = True
-            if self._sock is not None:
-                self._shutdown(self._sock)
-
-    def detach(self) -> None:
-        with self._lock:
-            self._sock = None
-
-    @staticmethod
-    def _shutdown(sock: socket.socket) -> None:
-        try:
-            # The plain socket method, not ssl.SSLSocket.shutdown: that one also drops the TLS object that the
-            # reading thread is using at this very moment.
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)
-        except OSError:
-            pass  # already closed or never connected: nothing left to interrupt
 
 
 @dataclass
@@ -317,11 +259,7 @@ class OpenAICompatibleProvider:
         headers = {"Accept": "text/event-stream, application/json"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
-        mounts: dict[str, httpx.BaseTransport | None] | None = None
-        host = self._base.host
-        if trust_env and _is_loopback(host):
-            # None = "the client's own direct transport": takes precedence over environment proxy mounts.
-            mounts = {f"all://[{host}]" if ":" in host else f"all://{host}": None}
+        mounts = direct_mounts_for(self._base, trust_env)
         self._client = httpx.Client(
             headers=headers,
             timeout=httpx.Timeout(
@@ -353,7 +291,7 @@ class OpenAICompatibleProvider:
         """Start a streamed reply. Nothing is sent until the first ``next()``; errors are raised from there."""
         out = TextStream()
         started = threading.Event()
-        disconnector = _Disconnector()
+        disconnector = SocketInterrupter()
         model = self._model
 
         def settle_if_never_started() -> None:
@@ -467,7 +405,7 @@ class OpenAICompatibleProvider:
         out: TextStream,
         messages: list[ChatMessage],
         params: GenerationParams,
-        disconnector: _Disconnector,
+        disconnector: SocketInterrupter,
         started: threading.Event,
     ) -> Iterator[str]:
         started.set()

@@ -1,0 +1,328 @@
+"""Metadata from the Hugging Face Hub (or a mirror): which endpoint is alive, what a revision contains.
+
+Only JSON metadata goes through here; bytes go through ``downloader``. The Hub token is a credential and is only
+ever sent to the hosts in ``settings.hub_token_hosts`` (huggingface.co by default), never to a mirror, including
+after a redirect.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from src import settings as app_settings
+from src.errors import (
+    DownloadError,
+    GatedRepoError,
+    InvalidRepoIdError,
+    NoHealthyEndpointError,
+    RepoNotFoundError,
+)
+from src.settings import get_settings
+from src.utils.http_client import direct_mounts_for
+
+logger = logging.getLogger(__name__)
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+
+# What transformers needs to load a chat model; everything else in a repo (ONNX, GGUF, other formats) is skipped.
+_REQUIRED_FILES = ("config.json",)
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+_OPTIONAL_FILES = (
+    "generation_config.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+_SAFETENSORS_PATTERNS = ("*.safetensors", "model.safetensors.index.json")
+_PYTORCH_PATTERNS = ("pytorch_model*.bin", "pytorch_model.bin.index.json")
+
+
+def validate_repo_id(repo: str) -> str:
+    repo = (repo or "").strip()
+    if not _REPO_ID.match(repo) or ".." in repo or "--" in repo:
+        raise InvalidRepoIdError(repo)
+    return repo
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str
+    size: int
+    sha256: str | None  # LFS files: the content's sha256
+    git_oid: str | None  # other files: the git blob sha1 (also a full-content checksum)
+    required: bool
+
+
+@dataclass(frozen=True)
+class RepoSnapshot:
+    repo: str
+    revision: str
+    commit: str
+    files: tuple[RemoteFile, ...]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+@dataclass(frozen=True)
+class EndpointHealth:
+    endpoint: str
+    healthy: bool
+    latency_s: float | None
+    detail: str
+
+
+class HubClient:
+    """Talks to an ordered list of endpoints; one ``httpx.Client`` per endpoint (they differ in proxy handling)."""
+
+    def __init__(self, endpoints: list[str], *, token: str | None = None, token_hosts: tuple[str, ...] | None = None):
+        cleaned = [e.strip().rstrip("/") for e in endpoints if e and e.strip()]
+        if not cleaned:
+            raise DownloadError("The list of download endpoints is empty.")
+        for endpoint in cleaned:
+            if not endpoint.startswith(("http://", "https://")):
+                raise DownloadError(f"Endpoint {endpoint!r} must start with http:// or https://.")
+        self.endpoints = list(dict.fromkeys(cleaned))
+        settings = get_settings()
+        self._token = token if token is not None else settings.hf_token
+        self._token_hosts = tuple(token_hosts if token_hosts is not None else settings.hub_token_hosts)
+        self._clients: dict[str, httpx.Client] = {}
+        self._lock = threading.Lock()
+
+    # --- plumbing -------------------------------------------------------------------------------------------------
+
+    def client_for(self, url: str) -> httpx.Client:
+        parsed = httpx.URL(url)
+        key = f"{parsed.scheme}://{parsed.netloc.decode()}"
+        with self._lock:
+            client = self._clients.get(key)
+            if client is None:
+                client = httpx.Client(
+                    timeout=httpx.Timeout(
+                        connect=app_settings.HUB_CONNECT_TIMEOUT_S,
+                        read=app_settings.HUB_READ_TIMEOUT_S,
+                        write=app_settings.HUB_CONNECT_TIMEOUT_S,
+                        pool=app_settings.HUB_CONNECT_TIMEOUT_S,
+                    ),
+                    # Redirects are followed by hand so that the token policy is applied to every hop.
+                    follow_redirects=False,
+                    mounts=direct_mounts_for(parsed, trust_env=True),
+                )
+                self._clients[key] = client
+            return client
+
+    def auth_headers(self, url: str) -> dict[str, str]:
+        """The Authorization header, only for the hosts allowed to see the token."""
+        if not self._token:
+            return {}
+        parsed = httpx.URL(url)
+        host = (parsed.host or "").lower()
+        netloc = parsed.netloc.decode().lower()
+        allowed = any(
+            netloc == allowed_host if ":" in allowed_host else host == allowed_host or host.endswith("." + allowed_host)
+            for allowed_host in self._token_hosts
+        )
+        return {"Authorization": f"Bearer {self._token}"} if allowed else {}
+
+    def get_json(self, url: str, timeout: float | None = None) -> tuple[httpx.Response, Any]:
+        response = self._get(url, timeout=timeout)
+        try:
+            return response, response.json()
+        except ValueError:
+            return response, None
+
+    def _get(self, url: str, timeout: float | None = None) -> httpx.Response:
+        for _ in range(5):
+            kwargs: dict[str, Any] = {"headers": self.auth_headers(url)}
+            if timeout is not None:
+                kwargs["timeout"] = timeout
+            response = self.client_for(url).get(url, **kwargs)
+            if response.is_redirect and "location" in response.headers:
+                url = str(httpx.URL(url).join(response.headers["location"]))
+                continue
+            return response
+        raise DownloadError(f"Too many redirects at {url}.")
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
+
+    # --- endpoints ------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def revision_url(endpoint: str, repo: str, revision: str) -> str:
+        return f"{endpoint}/api/models/{repo}/revision/{quote(revision, safe='')}"
+
+    @staticmethod
+    def file_url(endpoint: str, repo: str, commit: str, path: str) -> str:
+        return f"{endpoint}/{repo}/resolve/{quote(commit, safe='')}/{quote(path)}"
+
+    def check_endpoints(self, repo: str = "HuggingFaceTB/SmolLM2-135M-Instruct", revision: str = "main") -> list[EndpointHealth]:
+        """Ask every endpoint at once for a revision's metadata (short timeout): the settings page's live status."""
+        results: dict[str, EndpointHealth] = {}
+
+        def probe(endpoint: str) -> None:
+            started = time.monotonic()
+            try:
+                response = self._get(self.revision_url(endpoint, repo, revision), timeout=app_settings.HUB_PROBE_TIMEOUT_S)
+            except httpx.HTTPError as exc:
+                results[endpoint] = EndpointHealth(endpoint, False, None, _describe(exc))
+                return
+            latency = time.monotonic() - started
+            # A definite answer about the repo (found, not found, gated) means the endpoint itself works.
+            healthy = response.status_code < 500 and response.status_code != 429
+            results[endpoint] = EndpointHealth(endpoint, healthy, latency, f"HTTP {response.status_code}")
+
+        threads = [threading.Thread(target=probe, args=(e,), daemon=True) for e in self.endpoints]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(app_settings.HUB_PROBE_TIMEOUT_S + 1.0)
+        return [
+            results.get(e, EndpointHealth(e, False, None, "no answer")) for e in self.endpoints
+        ]
+
+    def resolve_revision(self, repo: str, revision: str) -> tuple[str, str, list[str]]:
+        """Probe all endpoints in parallel; return ``(endpoint, commit, endpoints in the order to use them)``.
+
+        The first endpoint (in preference order) that gives a definite answer wins: a 200 gives the commit, a 404
+        or 401/403 is reported as it is (not retried on mirrors: a mirror will not know better). Endpoints that
+        are down, slow or 5xx are put last, to be retried only if the healthy ones fail mid-download.
+        """
+        repo = validate_repo_id(repo)
+        answers: dict[str, tuple[str, Any]] = {}
+        done = {endpoint: threading.Event() for endpoint in self.endpoints}
+
+        def probe(endpoint: str) -> None:
+            try:
+                response, payload = self.get_json(
+                    self.revision_url(endpoint, repo, revision), timeout=app_settings.HUB_PROBE_TIMEOUT_S
+                )
+                answers[endpoint] = ("response", (response, payload))
+            except httpx.HTTPError as exc:
+                answers[endpoint] = ("error", _describe(exc))
+            finally:
+                done[endpoint].set()
+
+        for endpoint in self.endpoints:
+            threading.Thread(target=probe, args=(endpoint,), daemon=True).start()
+        problems: list[str] = []
+        healthy: list[str] = []
+        chosen: tuple[str, str] | None = None
+        for endpoint in self.endpoints:
+            done[endpoint].wait(app_settings.HUB_PROBE_TIMEOUT_S + 1.0)
+            kind, value = answers.get(endpoint, ("error", "no answer"))
+            if kind == "error":
+                problems.append(f"{endpoint}: {value}")
+                continue
+            response, payload = value
+            status = response.status_code
+            if status >= 500 or status == 429:
+                problems.append(f"{endpoint}: HTTP {status}")
+                continue
+            healthy.append(endpoint)
+            if chosen is not None:
+                continue
+            if status == 200 and isinstance(payload, dict) and isinstance(payload.get("sha"), str):
+                chosen = (endpoint, payload["sha"])
+            elif status in (401, 403):
+                raise GatedRepoError(repo, endpoint, status)
+            elif status == 404:
+                raise RepoNotFoundError(repo, revision, endpoint)
+            else:
+                problems.append(f"{endpoint}: unexpected HTTP {status}")
+                healthy.remove(endpoint)
+        if chosen is None:
+            raise NoHealthyEndpointError(problems)
+        if problems:
+            logger.warning("Skipping unhealthy endpoints: %s", "; ".join(problems))
+        order = healthy + [e for e in self.endpoints if e not in healthy]
+        return chosen[0], chosen[1], order
+
+    def snapshot(self, endpoint: str, repo: str, revision: str, commit: str) -> RepoSnapshot:
+        """The files of ``repo`` at ``commit`` that loading needs, with sizes and checksums."""
+        entries = self._tree(endpoint, repo, commit)
+        files = select_files(entries)
+        return RepoSnapshot(repo=repo, revision=revision, commit=commit, files=tuple(files))
+
+    def _tree(self, endpoint: str, repo: str, commit: str) -> list[dict[str, Any]]:
+        url: str | None = f"{endpoint}/api/models/{repo}/tree/{quote(commit, safe='')}?recursive=true"
+        entries: list[dict[str, Any]] = []
+        while url:
+            response, payload = self.get_json(url)
+            if response.status_code == 404:
+                raise RepoNotFoundError(repo, commit, endpoint)
+            if response.status_code in (401, 403):
+                raise GatedRepoError(repo, endpoint, response.status_code)
+            if response.status_code != 200 or not isinstance(payload, list):
+                raise DownloadError(f"{endpoint} gave an unexpected file list for {repo} (HTTP {response.status_code}).")
+            entries.extend(e for e in payload if isinstance(e, dict))
+            # The Hub paginates long listings with a Link header.
+            next_link = response.links.get("next", {}).get("url")
+            url = str(httpx.URL(url).join(next_link)) if next_link else None
+        return entries
+
+
+def select_files(entries: list[dict[str, Any]]) -> list[RemoteFile]:
+    """Pick what transformers needs from a repository listing: config, weights (safetensors preferred over
+    PyTorch .bin), tokenizer, and the optional extras. Only top-level files: sub-folders hold other formats."""
+    files = {
+        e["path"]: e
+        for e in entries
+        if e.get("type") == "file" and isinstance(e.get("path"), str) and "/" not in e["path"]
+    }
+    names = list(files)
+
+    def matching(patterns: tuple[str, ...]) -> list[str]:
+        return sorted(n for n in names if any(fnmatch.fnmatch(n, p) for p in patterns))
+
+    weights = matching(_SAFETENSORS_PATTERNS)
+    if not any(n.endswith(".safetensors") for n in weights):
+        weights = matching(_PYTORCH_PATTERNS)
+    if not any(n.endswith((".safetensors", ".bin")) for n in weights):
+        raise DownloadError("This repository has no transformers weights (safetensors or PyTorch .bin) to load.")
+    for required in _REQUIRED_FILES:
+        if required not in files:
+            raise DownloadError(f"This repository has no {required}; it is not a transformers model.")
+    tokenizer = [n for n in _TOKENIZER_FILES if n in files]
+    if not tokenizer:
+        raise DownloadError("This repository has no tokenizer (tokenizer.json, tokenizer.model or vocab.json).")
+    chosen = [(n, True) for n in (*_REQUIRED_FILES, *weights, *tokenizer)]
+    chosen += [(n, False) for n in _OPTIONAL_FILES if n in files]
+    out = []
+    for name, required in chosen:
+        entry = files[name]
+        lfs = entry.get("lfs") if isinstance(entry.get("lfs"), dict) else None
+        out.append(
+            RemoteFile(
+                path=name,
+                size=int(lfs.get("size", entry.get("size", 0)) if lfs else entry.get("size", 0)),
+                sha256=str(lfs["oid"]) if lfs and lfs.get("oid") else None,
+                git_oid=None if lfs else (str(entry["oid"]) if entry.get("oid") else None),
+                required=required,
+            )
+        )
+    return out
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    if isinstance(exc, httpx.ConnectError):
+        return "connection refused or host unreachable"
+    return type(exc).__name__ + (f": {exc}" if str(exc) else "")
