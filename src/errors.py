@@ -19,6 +19,11 @@ class EmptyMessageError(HearthError, ValueError):
         super().__init__("The message is empty. Type something to send.")
 
 
+class NothingToRegenerateError(HearthError):
+    def __init__(self) -> None:
+        super().__init__("There is no message to answer again in this conversation yet.")
+
+
 class InvalidParameterError(HearthError, ValueError):
     """A sampling parameter or option is out of range."""
 

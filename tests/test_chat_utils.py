@@ -14,6 +14,7 @@ from src.errors import (
     AuthenticationError,
     EmptyMessageError,
     KeyringUnavailableError,
+    NothingToRegenerateError,
     ModelNotDownloadedError,
     ProviderError,
     UnknownModelError,
@@ -56,7 +57,7 @@ def test_readme_snippet_on_the_embedded_model() -> None:
 def test_readme_snippet_with_a_model_not_downloaded_names_the_download_command(models_dir: Path) -> None:
     with pytest.raises(ModelNotDownloadedError, match="python main.py models download qwen2.5-0.5b"):
         readme_snippet("qwen2.5-0.5b")
-    assert ChatStore().get_chat("test_chat") is None or not ChatStore().current_path("test_chat")
+    assert ChatStore().get_chat("test_chat") is None
 
 
 def test_readme_snippet_with_qwen_once_its_folder_is_there(models_dir: Path) -> None:
@@ -133,7 +134,7 @@ def test_unknown_model_is_a_clear_error_and_writes_nothing() -> None:
     handler = AIRequestHandlerWithHistory()
     with pytest.raises(UnknownModelError, match="no-such-model"):
         handler.get_single_response("unknown", "hello")
-    assert not ChatStore().current_path("unknown")
+    assert ChatStore().get_chat("unknown") is None
 
 
 def test_a_failure_midway_keeps_the_user_message_and_the_partial_reply() -> None:
@@ -199,3 +200,33 @@ def test_a_saved_key_without_a_keyring_says_how_to_fix_it(memory_keyring: object
     keyring.set_keyring(keyring.backends.fail.Keyring())
     with pytest.raises(KeyringUnavailableError, match="HEARTH_API_KEY"):
         AIRequestHandlerWithHistory()
+
+
+def test_regenerate_keeps_the_older_version() -> None:
+    handler = AIRequestHandlerWithHistory()
+    handler.model = fake = ScriptedFakeModel(["first answer", "second answer"])
+    handler.get_single_response("regen", "question")
+    reply = handler.regenerate_streaming_response("regen")
+    assert "".join(reply) == "second answer"
+    assert [(m.role, m.content) for m in fake.calls[1]] == [("user", "question")]
+    history = handler.get_history("regen")
+    assert [(m["role"], m["content"]) for m in history] == [("user", "question"), ("assistant", "second answer")]
+    versions = [m for m in ChatStore().current_path("regen")]
+    assert versions[-1].parent_id == versions[0].id
+    # The first answer is still stored, as a sibling of the new one.
+    from src.db.models import Message
+
+    assert sorted(m.content for m in Message.select().where(Message.parent == versions[0].id)) == [
+        "first answer",
+        "second answer",
+    ]
+
+
+def test_regenerate_on_the_real_model_and_with_nothing_to_regenerate() -> None:
+    handler = AIRequestHandlerWithHistory()
+    with pytest.raises(NothingToRegenerateError):
+        handler.regenerate_streaming_response("nothing")
+    handler.get_single_response("real-regen", "Name a color.", **FEW_TOKENS)
+    again = handler.regenerate_streaming_response("real-regen", max_new_tokens=8, temperature=1.0, seed=3).collect()
+    assert again.text and handler.get_history("real-regen")[-1]["content"] == again.text
+    assert len(handler.get_history("real-regen")) == 2

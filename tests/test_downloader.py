@@ -159,7 +159,8 @@ def test_pause_and_resume_in_process(models_dir: Path, hub: MockHub, small_repo:
     hub.faults = Faults(throttle_bytes_per_s=2 << 20, path_glob="*model.safetensors")
     manager = ModelManager()
     handle = manager.start_download("qwen2.5-0.5b", endpoints=[hub.endpoint])
-    assert hub.wait_for(lambda log: any(r.body_bytes_sent > (1 << 20) for r in log), timeout=30)
+    assert hub.wait_for(lambda log: any(r.body_bytes_sent > (1 << 20) for r in log), timeout=30), (
+        handle.error, handle.latest, hub.log)
     paused_at = time.monotonic()
     handle.pause()
     state = handle.wait(timeout=10)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from src.db.chats import ChatStore, StoredMessage
 from src.db.llm_config_db import LLMConfigDB, LLMConfigRecord
-from src.errors import EmptyMessageError
+from src.errors import EmptyMessageError, NothingToRegenerateError
 from src.utils.generation import (
     FINISH_CANCELLED,
     FINISH_ERROR,
@@ -82,13 +82,32 @@ class AIRequestHandlerWithHistory:
         if not isinstance(text, str) or not text.strip():
             raise EmptyMessageError()
         generation_params = self.params.updated(**params)
-        chat = self.chats.get_or_create_chat(chat_id, model=self.model.model_name)
-        messages = [ChatMessage(m.role, m.content) for m in self.chats.current_path(chat_id) if m.content]
-        if chat.system_prompt:
-            messages.insert(0, ChatMessage("system", chat.system_prompt))
-        messages.append(ChatMessage("user", text))
-        model_stream = self.model.stream(messages, generation_params)
+        history = self._prompt_messages(chat_id, self.chats.current_path(chat_id))
+        model_stream = self.model.stream([*history, ChatMessage("user", text)], generation_params)
+        self.chats.get_or_create_chat(chat_id, model=self.model.model_name)
         user_message = self.chats.add_message(chat_id, "user", text)
+        return self._reply(model_stream, user_message)
+
+    def regenerate_streaming_response(self, chat_id: str, **params: Any) -> ChatReply:
+        """Answer the conversation's last user message again. The new reply becomes the current one; the older
+        version stays in the database as its sibling."""
+        generation_params = self.params.updated(**params)
+        path = self.chats.current_path(chat_id)
+        last_user = max((i for i, m in enumerate(path) if m.role == "user"), default=None)
+        if last_user is None:
+            raise NothingToRegenerateError()
+        history = self._prompt_messages(chat_id, path[: last_user + 1])
+        model_stream = self.model.stream(history, generation_params)
+        return self._reply(model_stream, path[last_user])
+
+    def _prompt_messages(self, chat_id: str, path: list[StoredMessage]) -> list[ChatMessage]:
+        chat = self.chats.get_chat(chat_id)
+        messages = [ChatMessage(m.role, m.content) for m in path if m.content]
+        if chat is not None and chat.system_prompt:
+            messages.insert(0, ChatMessage("system", chat.system_prompt))
+        return messages
+
+    def _reply(self, model_stream: TextStream, user_message: StoredMessage) -> ChatReply:
         reply = ChatReply()
         reply.user_message_id = user_message.id
         reply.on_cancel(model_stream.cancel)

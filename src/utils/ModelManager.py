@@ -86,18 +86,29 @@ class ModelInfo:
 class DownloadHandle:
     """A download running in a background thread: ``pause()`` stops it within a second, resumable later."""
 
-    def __init__(self, model_id: str, run: Callable[[CancelToken], DownloadState]) -> None:
+    def __init__(
+        self,
+        model_id: str,
+        run: Callable[[CancelToken, ProgressCallback], DownloadState],
+        progress: ProgressCallback | None = None,
+    ) -> None:
         self.model_id = model_id
         self.cancel = CancelToken()
         self.latest: DownloadProgress | None = None
         self.result: DownloadState | None = None
         self.error: BaseException | None = None
+        self._progress = progress
         self._thread = threading.Thread(target=self._run, args=(run,), name=f"download-{model_id}", daemon=True)
         self._thread.start()
 
-    def _run(self, run: Callable[[CancelToken], DownloadState]) -> None:
+    def _on_progress(self, update: DownloadProgress) -> None:
+        self.latest = update
+        if self._progress is not None:
+            self._progress(update)
+
+    def _run(self, run: Callable[[CancelToken, ProgressCallback], DownloadState]) -> None:
         try:
-            self.result = run(self.cancel)
+            self.result = run(self.cancel, self._on_progress)
         except BaseException as exc:  # handed to whoever waits; the GUI shows it
             self.error = exc
 
@@ -237,16 +248,10 @@ class ModelManager:
     ) -> DownloadHandle:
         entry = self._resolve_for_download(model)
 
-        def run(cancel: CancelToken) -> DownloadState:
-            def remember(update: DownloadProgress) -> None:
-                handle.latest = update
-                if progress is not None:
-                    progress(update)
+        def run(cancel: CancelToken, on_progress: ProgressCallback) -> DownloadState:
+            return self.download(entry.id, endpoints=endpoints, revision=revision, progress=on_progress, cancel=cancel)
 
-            return self.download(entry.id, endpoints=endpoints, revision=revision, progress=remember, cancel=cancel)
-
-        handle = DownloadHandle(entry.id, run)
-        return handle
+        return DownloadHandle(entry.id, run, progress)
 
     def _resolve_for_download(self, model: str) -> CatalogEntry:
         entry = find_entry(model)

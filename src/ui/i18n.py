@@ -1,0 +1,136 @@
+"""Every user-facing string of the GUI, in English and Chinese. ``tr("key", **values)`` picks the current language."""
+
+from __future__ import annotations
+
+import locale
+import os
+
+LANGUAGES = {"en": "English", "zh": "中文"}
+
+STRINGS: dict[str, dict[str, str]] = {
+    "app_title": {"en": "Hearth", "zh": "Hearth"},
+    "nav_chat": {"en": "Chat", "zh": "聊天"},
+    "nav_settings": {"en": "Settings", "zh": "设置"},
+    # chat list
+    "new_chat": {"en": "New chat", "zh": "新建对话"},
+    "search_chats": {"en": "Search chats", "zh": "搜索对话"},
+    "untitled": {"en": "New conversation", "zh": "新对话"},
+    "rename": {"en": "Rename", "zh": "重命名"},
+    "delete": {"en": "Delete", "zh": "删除"},
+    "rename_chat": {"en": "Rename conversation", "zh": "重命名对话"},
+    "title": {"en": "Title", "zh": "标题"},
+    "save": {"en": "Save", "zh": "保存"},
+    "cancel": {"en": "Cancel", "zh": "取消"},
+    "delete_chat_q": {"en": "Delete this conversation?", "zh": "删除这个对话？"},
+    "delete_chat_body": {
+        "en": "“{title}” and all its messages will be deleted. This cannot be undone.",
+        "zh": "“{title}”及其所有消息将被删除，且无法恢复。",
+    },
+    "no_chats": {"en": "No conversations yet", "zh": "还没有对话"},
+    # chat page
+    "message_hint": {"en": "Message", "zh": "输入消息"},
+    "send": {"en": "Send", "zh": "发送"},
+    "stop": {"en": "Stop", "zh": "停止"},
+    "regenerate": {"en": "Regenerate", "zh": "重新生成"},
+    "copy": {"en": "Copy", "zh": "复制"},
+    "copied": {"en": "Copied", "zh": "已复制"},
+    "you": {"en": "You", "zh": "你"},
+    "assistant": {"en": "Assistant", "zh": "助手"},
+    "model": {"en": "Model", "zh": "模型"},
+    "system_prompt": {"en": "System prompt", "zh": "系统提示词"},
+    "system_prompt_hint": {
+        "en": "Instructions for this conversation (optional)",
+        "zh": "本对话的指令（可选）",
+    },
+    "stats": {"en": "{model} · {tokens} tokens · {speed:.1f} tokens/s", "zh": "{model} · {tokens} 个词元 · {speed:.1f} 词元/秒"},
+    "stopped": {"en": "stopped", "zh": "已停止"},
+    "trimmed": {
+        "en": "{count} older messages were left out to fit the model's context",
+        "zh": "为适应模型上下文，省略了 {count} 条较早的消息",
+    },
+    "model_loading": {"en": "Loading {model}…", "zh": "正在加载 {model}…"},
+    "model_ready": {"en": "{model} ready", "zh": "{model} 已就绪"},
+    "welcome": {
+        "en": "Ask anything. Replies are generated on this computer; nothing leaves it.",
+        "zh": "随便问吧。回复在本机生成，数据不会离开这台电脑。",
+    },
+    "error": {"en": "Error", "zh": "错误"},
+    "dismiss": {"en": "Dismiss", "zh": "关闭"},
+    "open_settings": {"en": "Open settings", "zh": "打开设置"},
+    # settings
+    "language": {"en": "Language", "zh": "语言"},
+    "theme": {"en": "Theme", "zh": "主题"},
+    "theme_system": {"en": "System", "zh": "跟随系统"},
+    "theme_light": {"en": "Light", "zh": "浅色"},
+    "theme_dark": {"en": "Dark", "zh": "深色"},
+    "appearance": {"en": "Appearance", "zh": "外观"},
+    "llm_settings": {"en": "Language model", "zh": "语言模型"},
+    "provider": {"en": "Provider", "zh": "提供方"},
+    "provider_local": {"en": "Local model", "zh": "本地模型"},
+    "provider_remote": {"en": "OpenAI-compatible server", "zh": "OpenAI 兼容服务器"},
+    "base_url": {"en": "Server URL", "zh": "服务器地址"},
+    "remote_model": {"en": "Model name", "zh": "模型名称"},
+    "api_key": {"en": "API key (stored in the OS keyring)", "zh": "API 密钥（保存在系统钥匙串中）"},
+    "api_key_saved": {"en": "A key is saved; leave empty to keep it", "zh": "已保存密钥；留空则保持不变"},
+    "test_connection": {"en": "Test connection", "zh": "测试连接"},
+    "save_config": {"en": "Save and use", "zh": "保存并使用"},
+    "saved": {"en": "Saved: the chat now uses {model}", "zh": "已保存：聊天现在使用 {model}"},
+    "use_model": {"en": "Use", "zh": "使用"},
+    "in_use": {"en": "In use", "zh": "使用中"},
+    "local_models": {"en": "Local models", "zh": "本地模型"},
+    "download": {"en": "Download", "zh": "下载"},
+    "pause": {"en": "Pause", "zh": "暂停"},
+    "resume": {"en": "Resume", "zh": "继续"},
+    "verify": {"en": "Verify", "zh": "校验"},
+    "verified_ok": {"en": "{model}: every file matches its checksum", "zh": "{model}：所有文件校验通过"},
+    "verified_bad": {"en": "{model}: corrupt files removed: {files}", "zh": "{model}：已删除损坏的文件：{files}"},
+    "delete_model_q": {"en": "Delete {model}?", "zh": "删除 {model}？"},
+    "delete_model_body": {"en": "Its files ({size}) will be removed from disk.", "zh": "将从磁盘删除其文件（{size}）。"},
+    "status_embedded": {"en": "Built in", "zh": "内置"},
+    "status_not downloaded": {"en": "Not downloaded", "zh": "未下载"},
+    "status_partial": {"en": "Paused at {percent}%", "zh": "已暂停 {percent}%"},
+    "status_downloading": {"en": "Downloading {percent}%", "zh": "下载中 {percent}%"},
+    "status_ready": {"en": "Downloaded", "zh": "已下载"},
+    "status_corrupt": {"en": "Corrupt: download again to repair", "zh": "文件损坏：请重新下载修复"},
+    "progress": {
+        "en": "{done} of {total} · {speed}/s · {eta} left · via {endpoint}",
+        "zh": "{done} / {total} · {speed}/秒 · 剩余 {eta} · 来源 {endpoint}",
+    },
+    "mirrors": {"en": "Download sources (in order)", "zh": "下载源（按顺序）"},
+    "add_mirror": {"en": "Add source URL", "zh": "添加下载源地址"},
+    "check_mirrors": {"en": "Check", "zh": "检测"},
+    "healthy": {"en": "OK {ms} ms", "zh": "可用 {ms} 毫秒"},
+    "unhealthy": {"en": "Unreachable: {detail}", "zh": "不可用：{detail}"},
+    "move_up": {"en": "Move up", "zh": "上移"},
+    "remove": {"en": "Remove", "zh": "移除"},
+    "reset_defaults": {"en": "Restore defaults", "zh": "恢复默认"},
+    "connection_ok": {"en": "Connected: {detail}", "zh": "连接成功：{detail}"},
+    "desktop_fallback": {
+        "en": "The desktop window could not start ({reason}); Hearth opened in your browser instead.",
+        "zh": "无法启动桌面窗口（{reason}），Hearth 已改为在浏览器中打开。",
+    },
+}
+
+
+def default_language() -> str:
+    """Chinese when the system locale is Chinese, else English."""
+    for value in (os.environ.get("LC_ALL"), os.environ.get("LC_MESSAGES"), os.environ.get("LANG")):
+        if value:
+            return "zh" if value.lower().startswith("zh") else "en"
+    try:
+        code = locale.getlocale()[0] or ""
+    except ValueError:
+        code = ""
+    return "zh" if code.lower().startswith("zh") else "en"
+
+
+class Translator:
+    def __init__(self, language: str | None = None) -> None:
+        self.language = language if language in LANGUAGES else default_language()
+
+    def __call__(self, key: str, **values: object) -> str:
+        entry = STRINGS.get(key)
+        if entry is None:
+            return key
+        text = entry.get(self.language) or entry["en"]
+        return text.format(**values) if values else text
