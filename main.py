@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Hearth's entry point. No arguments: the terminal chat (the GUI replaces it once it lands). See --help."""
+"""Hearth's entry point. No arguments: the app's window (or the app in the browser where no window can open).
+See --help for --web, --terminal and the chat and models commands."""
 
 import sys
 

@@ -20,9 +20,13 @@ EXIT_INTERRUPTED = 130
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="main.py",
-        description="Hearth: private chat with local language models. With no command, opens the terminal chat.",
+        description="Hearth: private chat with local language models. With no command, opens the app's window "
+        "(or, where a window cannot open, the app in your browser).",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens (model loading, timings)")
+    parser.add_argument("--web", action="store_true", help="serve the GUI to a browser on 127.0.0.1 instead of a window")
+    parser.add_argument("--port", type=int, default=0, help="port for --web (default 8550, or any free one)")
+    parser.add_argument("--terminal", action="store_true", help="open the terminal chat instead of the GUI")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     chat = commands.add_parser(
@@ -76,6 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "models":
             return _models(args)
+        if args.command is None and not args.terminal:
+            from src.ui.app import run_gui
+
+            return run_gui(web=args.web, port=args.port)
         return _chat(args)
     except HearthError as exc:
         print(f"error: {exc}", file=sys.stderr)

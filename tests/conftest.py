@@ -35,6 +35,7 @@ def hearth_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
     monkeypatch.delenv(ENV_API_KEY, raising=False)
     monkeypatch.delenv(ENV_HF_ENDPOINT, raising=False)
     monkeypatch.delenv(ENV_HF_TOKEN, raising=False)
+    monkeypatch.delenv("HEARTH_MAX_NEW_TOKENS", raising=False)
     reload_settings()
     yield data_dir
     monkeypatch.undo()

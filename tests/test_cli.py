@@ -113,8 +113,8 @@ def test_interactive_chat_ctrl_c_stops_the_reply_not_the_program(tmp_path: Path)
     assert shown.strip().startswith(saved[1].content.strip()[:10])
 
 
-def test_no_arguments_opens_the_terminal_chat() -> None:
-    result = run_cli(stdin="Say hi.\n/exit\n", timeout=120)
+def test_terminal_flag_opens_the_terminal_chat() -> None:
+    result = run_cli("--terminal", stdin="Say hi.\n/exit\n", timeout=120)
     assert result.returncode == 0, result.stderr
     assert "Hearth terminal chat, model smollm2-135m" in result.stderr
     assert "hearth> " in result.stdout

@@ -104,7 +104,7 @@ STRINGS: dict[str, dict[str, str]] = {
     "move_up": {"en": "Move up", "zh": "上移"},
     "remove": {"en": "Remove", "zh": "移除"},
     "reset_defaults": {"en": "Restore defaults", "zh": "恢复默认"},
-    "connection_ok": {"en": "Connected: {detail}", "zh": "连接成功：{detail}"},
+    "connection_ok": {"en": "✓ {detail}", "zh": "✓ 连接成功：{detail}"},
     "desktop_fallback": {
         "en": "The desktop window could not start ({reason}); Hearth opened in your browser instead.",
         "zh": "无法启动桌面窗口（{reason}），Hearth 已改为在浏览器中打开。",

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from src.db.chats import ChatStore, StoredMessage
 from src.db.llm_config_db import LLMConfigDB, LLMConfigRecord
 from src.errors import EmptyMessageError, NothingToRegenerateError
+from src.settings import get_settings
 from src.utils.generation import (
     FINISH_CANCELLED,
     FINISH_ERROR,
@@ -58,7 +59,7 @@ class AIRequestHandlerWithHistory:
         self.config_db = config_db or LLMConfigDB()
         self.chats = chat_store or ChatStore()
         self._engine = engine
-        self.params = params or GenerationParams()
+        self.params = params or GenerationParams(max_new_tokens=get_settings().max_new_tokens)
         self.config: LLMConfigRecord | None = None
         self.model: ChatModel
         self.refresh_config()

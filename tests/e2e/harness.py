@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -44,7 +46,7 @@ CHROMIUM_ARGS = (
 )
 
 SERVER_START_TIMEOUT_S = 30.0
-APP_LOAD_TIMEOUT_S = 45.0  # first Flutter (CanvasKit) load on a 2-core machine: a few seconds, sometimes much more
+APP_LOAD_TIMEOUT_S = 45.0  # a first load measured ~1.3 s here (skwasm renderer); a busy CI machine can be far slower
 DEFAULT_TIMEOUT_S = 10.0
 VIEWPORT = {"width": 1000, "height": 800}
 
@@ -101,6 +103,9 @@ class AppServer:
 
     def start(self) -> AppServer:
         env = os.environ.copy()
+        # These would override the port and host the command was given.
+        env.pop("FLET_SERVER_PORT", None)
+        env.pop("FLET_SERVER_IP", None)
         # Never let Flet open a desktop browser (it does so for AppView.WEB_BROWSER when a DISPLAY is set).
         env.setdefault("FLET_FORCE_WEB_SERVER", "1")
         env.setdefault("PYTHONUNBUFFERED", "1")
@@ -197,12 +202,26 @@ def launch_browser(playwright: Any, *, headless: bool = True, executable_path: s
     return playwright.chromium.launch(executable_path=executable, headless=headless, args=args, **kwargs)
 
 
-def open_app(browser: Any, url: str, *, timeout: float = APP_LOAD_TIMEOUT_S, viewport: Mapping[str, int] = VIEWPORT):
+def open_app(
+    browser: Any,
+    url: str,
+    *,
+    timeout: float = APP_LOAD_TIMEOUT_S,
+    viewport: Mapping[str, int] = VIEWPORT,
+    block_external: bool = True,
+):
     """A new Page (in its own context) with the Flet app loaded and Flutter semantics enabled.
 
-    ``page.app_load_seconds`` records how long it took, for diagnostics.
+    With ``block_external`` every request that leaves the app's origin is aborted at once (even with
+    ``no_cdn=True`` the Flet 1.0.5 client asks cdn.jsdelivr.net for Rive's wasm), so tests stay hermetic and
+    never wait on a network that is not there. ``page.app_load_seconds`` records how long loading took.
     """
     context = browser.new_context(viewport=dict(viewport))
+    if block_external:
+        origin = urllib.parse.urlsplit(url)
+        own = f"{origin.scheme}://{origin.netloc}/"
+        # A regex is matched inside the browser driver; a Python callable would route every request through here.
+        context.route(re.compile("^(?!" + re.escape(own) + ")"), lambda route: route.abort())
     page = context.new_page()
     page.set_default_timeout(DEFAULT_TIMEOUT_S * 1000)
     started = time.monotonic()
@@ -250,17 +269,19 @@ def poll_text(
     *,
     interval: float = 0.05,
     on_change: Callable[[str], None] | None = None,
+    raw: bool = True,
 ) -> str:
-    """Poll ``locator``'s text until ``predicate(text)`` is true; returns that text.
+    """Poll ``locator``'s text until ``predicate(text)`` is true; returns that text. For streaming output.
 
-    ``on_change`` sees every distinct value, so a test can record how a streamed reply grew. Missing/detached
-    elements count as "" (a streamed message may be re-created between polls).
+    ``raw`` reads ``text_content()``, which keeps a Text's newlines; ``inner_text()`` (raw=False) shows them
+    as spaces, because Flutter lays each semantics label out on one line. ``on_change`` sees every distinct
+    value, so a test can record how a streamed reply grew. A missing or detached element reads as "".
     """
     deadline = time.monotonic() + timeout
     last: str | None = None
     while True:
         try:
-            text = locator.inner_text(timeout=500)
+            text = (locator.text_content(timeout=500) or "") if raw else locator.inner_text(timeout=500)
         except Exception:  # not attached yet, or replaced while we read it
             text = ""
         if text != last:
@@ -276,7 +297,7 @@ def poll_text(
 
 def text_field(page: Any, label: str):
     """The editable element of the Flet TextField labelled ``label`` (an <input>, or <textarea> if multiline)."""
-    return page.get_by_label(label, exact=True)
+    return page.get_by_role("textbox", name=label, exact=True)
 
 
 def type_into(page: Any, label: str, text: str, *, clear: bool = True, attempts: int = 3) -> Any:

@@ -1,0 +1,209 @@
+"""Hearth's GUI (Flet): the window, the navigation, and the services the pages share.
+
+The GUI only calls the core (``src.utils``, ``src.db``). Long work (model loading, replies, downloads) runs on worker
+threads; every change to controls is handed back to the session's event loop with ``app.call_ui`` (Flet 1.0 runs
+``main`` and event handlers on that loop, and its send queue is not thread-safe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import flet as ft
+
+from src.db.database import get_app_setting, set_app_setting
+from src.db.llm_config_db import LLMConfigDB
+from src.errors import HearthError
+from src.settings import PROJECT_ROOT
+from src.ui.i18n import LANGUAGES, Translator
+from src.utils.ChatUtils import AIRequestHandlerWithHistory
+from src.utils.ModelManager import DownloadHandle, ModelManager
+
+logger = logging.getLogger(__name__)
+
+ASSETS_DIR = PROJECT_ROOT / "assets"
+FONT_FAMILY = "HearthCJK"
+FONT_URL = "/fonts/WenQuanYiMicroHei.ttf"
+THEMES = {"system": ft.ThemeMode.SYSTEM, "light": ft.ThemeMode.LIGHT, "dark": ft.ThemeMode.DARK}
+
+
+class HearthApp:
+    """One browser tab or window. Holds the services and the two pages."""
+
+    # Downloads outlive a page (and a tab): they belong to the process.
+    downloads: dict[str, DownloadHandle] = {}
+
+    def __init__(self, page: ft.Page) -> None:
+        self.page = page
+        self.loop = asyncio.get_running_loop()
+        self.tr = Translator(get_app_setting("language"))
+        self.configs = LLMConfigDB()
+        self.models = ModelManager()
+        self.handler = AIRequestHandlerWithHistory(config_db=self.configs)
+        self.error_text = ft.Text(expand=True)
+        self.error_banner = ft.Container(visible=False)
+        self.body = ft.Container(expand=True)
+        self.selected = 0
+
+    # --- threads -------------------------------------------------------------------------------------------------
+
+    def call_ui(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the UI loop, then push the changes. Safe from any thread, even after the tab closed."""
+
+        def run() -> None:
+            try:
+                fn(*args)
+                self.page.update()
+            except Exception:  # a closed tab; the work itself (saved replies, downloads) is not affected
+                logger.debug("UI update dropped", exc_info=True)
+
+        try:
+            self.loop.call_soon_threadsafe(run)
+        except RuntimeError:  # the loop is closed: the app is shutting down
+            pass
+
+    def in_background(self, fn: Callable[..., Any], *args: Any) -> None:
+        threading.Thread(target=self._guarded, args=(fn, *args), daemon=True).start()
+
+    def _guarded(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            fn(*args)
+        except HearthError as exc:
+            self.call_ui(self.show_error, str(exc))
+        except Exception as exc:  # a bug: still a readable banner, never a frozen UI
+            logger.exception("Background task failed")
+            self.call_ui(self.show_error, f"{type(exc).__name__}: {exc}")
+
+    # --- shell ---------------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        page = self.page
+        page.title = "Hearth"
+        page.fonts = {FONT_FAMILY: FONT_URL}
+        page.theme = ft.Theme(font_family=FONT_FAMILY, color_scheme_seed=ft.Colors.DEEP_ORANGE)
+        page.dark_theme = ft.Theme(font_family=FONT_FAMILY, color_scheme_seed=ft.Colors.DEEP_ORANGE)
+        page.theme_mode = THEMES.get(get_app_setting("theme") or "system", ft.ThemeMode.SYSTEM)
+        page.padding = 0
+        self.build()
+
+    def build(self) -> None:
+        """(Re)build every control: used at start and when the language changes."""
+        from src.ui.chat.chat_page import ChatPage
+        from src.ui.llm.llm_settings import SettingsPage
+
+        tr = self.tr
+        self.chat_page = ChatPage(self)
+        self.settings_page = SettingsPage(self)
+        self.error_banner = ft.Container(
+            visible=False,
+            bgcolor=ft.Colors.ERROR_CONTAINER,
+            padding=ft.Padding.symmetric(horizontal=16, vertical=8),
+            content=ft.Row(
+                [
+                    ft.Icon(ft.Icons.ERROR_OUTLINE, color=ft.Colors.ON_ERROR_CONTAINER),
+                    self.error_text,
+                    ft.TextButton(tr("open_settings"), on_click=lambda e: self.navigate(1)),
+                    ft.TextButton(tr("dismiss"), on_click=lambda e: self.hide_error()),
+                ]
+            ),
+        )
+        self.rail = ft.NavigationRail(
+            selected_index=self.selected,
+            label_type=ft.NavigationRailLabelType.ALL,
+            min_width=88,
+            destinations=[
+                ft.NavigationRailDestination(icon=ft.Icons.CHAT_OUTLINED, selected_icon=ft.Icons.CHAT, label=tr("nav_chat")),
+                ft.NavigationRailDestination(
+                    icon=ft.Icons.SETTINGS_OUTLINED, selected_icon=ft.Icons.SETTINGS, label=tr("nav_settings")
+                ),
+            ],
+            on_change=lambda e: self.navigate(e.control.selected_index),
+        )
+        self.body = ft.Container(expand=True)
+        self.page.controls.clear()
+        self.page.add(
+            ft.Row(
+                [self.rail, ft.VerticalDivider(width=1), ft.Column([self.error_banner, self.body], expand=True, spacing=0)],
+                expand=True,
+                spacing=0,
+            )
+        )
+        self.navigate(self.selected, update=False)
+        self.page.update()
+
+    def navigate(self, index: int, update: bool = True) -> None:
+        self.selected = index
+        self.rail.selected_index = index
+        self.body.content = self.chat_page.view if index == 0 else self.settings_page.view
+        if index == 0:
+            self.chat_page.refresh()
+        else:
+            self.settings_page.refresh()
+        if update:
+            self.page.update()
+
+    def set_language(self, language: str) -> None:
+        if language not in LANGUAGES:
+            return
+        set_app_setting("language", language)
+        self.tr = Translator(language)
+        self.build()
+
+    def set_theme(self, theme: str) -> None:
+        set_app_setting("theme", theme)
+        self.page.theme_mode = THEMES.get(theme, ft.ThemeMode.SYSTEM)
+        self.page.update()
+
+    # --- messages ------------------------------------------------------------------------------------------------
+
+    def show_error(self, message: str) -> None:
+        self.error_text.value = message
+        self.error_banner.visible = True
+
+    def hide_error(self) -> None:
+        self.error_banner.visible = False
+        self.page.update()
+
+    def notify(self, message: str) -> None:
+        self.page.show_dialog(ft.SnackBar(ft.Text(message)))
+
+    def config_changed(self) -> None:
+        """The current LLM configuration changed (settings or the chat's model picker)."""
+        self.handler.refresh_config()
+        self.chat_page.model_changed()
+
+
+def main(page: ft.Page) -> None:
+    HearthApp(page).start()
+
+
+def run_gui(*, web: bool, host: str = "127.0.0.1", port: int = 0) -> int:
+    """Open the desktop window, or serve the app to a browser. Falls back to the browser when the window can't
+    start (the desktop client cannot be fetched, no display), saying why."""
+    from src.ui.desktop import desktop_unavailable_reason
+
+    # The GUI shares the CPU with its own rendering (and, in web mode, a browser). PyTorch's OpenMP threads spin
+    # while they wait by default; competing with a busy renderer on a 2-core laptop that made decoding ~15x slower
+    # (measured: 0.5 vs 10 tokens/s). Passive waiting gives the cores back. Must be set before torch loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    view = ft.AppView.WEB_BROWSER
+    if not web:
+        reason = desktop_unavailable_reason()
+        if reason is None:
+            view = ft.AppView.FLET_APP
+        else:
+            print(f"Hearth: the desktop window cannot open: {reason}. Opening Hearth in your browser instead.",
+                  file=sys.stderr, flush=True)
+    if view == ft.AppView.WEB_BROWSER:
+        from src.ui.network import pick_port
+
+        port = pick_port(host, port)
+        print(f"Hearth is running at http://{host}:{port}/ (Ctrl+C to quit)", file=sys.stderr, flush=True)
+    ft.run(main, view=view, host=host, port=port, assets_dir=str(ASSETS_DIR), no_cdn=True)
+    return 0
