@@ -218,3 +218,104 @@ class DownloadInProgressError(DownloadError):
 class NotDownloadableError(DownloadError):
     def __init__(self, model_id: str) -> None:
         super().__init__(f"Model {model_id!r} ships with Hearth and is not downloaded.")
+
+
+# --- agent company -----------------------------------------------------------------------------------------------
+
+
+class CompanyError(HearthError):
+    """The agent company could not write, read or run a generated program."""
+
+
+def _shown_name(name: object) -> str:
+    # A hostile or junk name can be huge or full of control characters; repr() escapes them and the cut keeps the
+    # message readable in a one-line banner.
+    text = repr(name)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+class UnsafePathError(CompanyError, ValueError):
+    def __init__(self, name: object, reason: str) -> None:
+        self.name, self.reason = name, reason
+        super().__init__(
+            f"Refused the file name {_shown_name(name)} proposed by the model: {reason}. Generated files are only "
+            "written inside the project folder, under plain relative names such as main.py or utils/helpers.py."
+        )
+
+
+class FileTooLargeError(CompanyError):
+    def __init__(self, name: str, size: int, limit: int) -> None:
+        self.name, self.size, self.limit = name, size, limit
+        super().__init__(
+            f"Refused the file {_shown_name(name)}: it has {size:,} bytes, more than the {limit:,} bytes allowed "
+            "for one generated file. Nothing was written."
+        )
+
+
+class ProjectTooLargeError(CompanyError):
+    def __init__(self, name: str, detail: str) -> None:
+        self.name = name
+        super().__init__(
+            f"Refused the file {_shown_name(name)}: the project folder would exceed its limit ({detail}). "
+            "Nothing was written; delete files from the project or start a new one."
+        )
+
+
+class ProjectWriteError(CompanyError, OSError):
+    def __init__(self, name: str, detail: str) -> None:
+        self.name = name
+        super().__init__(f"Could not write {_shown_name(name)} into the project folder: {detail}.")
+
+
+class ProjectFileNotFoundError(CompanyError, FileNotFoundError):
+    def __init__(self, name: str, folder: str) -> None:
+        self.name, self.folder = name, folder
+        super().__init__(f"The project folder {folder} has no file {_shown_name(name)}.")
+
+
+class ProgramStartError(CompanyError):
+    def __init__(self, command: str, detail: str) -> None:
+        super().__init__(
+            f"Could not start the generated program ({command}): {detail}. Check the Python interpreter setting."
+        )
+
+
+# --- agent company config ---------------------------------------------------------------------------------------
+
+
+class CompanyConfigError(HearthError, ValueError):
+    """An agent company configuration (ChatChainConfig / PhaseConfig / RoleConfig) cannot be used as it is."""
+
+
+class CompanyConfigNotFoundError(CompanyConfigError, LookupError):
+    def __init__(self, config: str, looked_in: str, available: list[str]) -> None:
+        self.config, self.available = config, available
+        super().__init__(
+            f"There is no company configuration {config!r} (looked for the folder {looked_in}). "
+            f"Available: {', '.join(available) or 'none'}; or give the path of a folder holding "
+            "ChatChainConfig.json, PhaseConfig.json and/or RoleConfig.json."
+        )
+
+
+class CompanyConfigFileError(CompanyConfigError):
+    """A configuration file cannot be read or is not valid JSON."""
+
+    def __init__(self, path: str, detail: str, line: int | None = None, column: int | None = None) -> None:
+        self.path, self.line, self.column = path, line, column
+        where = f"{path}, line {line}, column {column}" if line is not None else path
+        super().__init__(f"The company configuration file {where} is not usable: {detail}. Fix the file and retry.")
+
+
+class UnknownCompanyPhaseError(CompanyConfigError, LookupError):
+    def __init__(self, phase: str, chain_file: str, detail: str) -> None:
+        self.phase = phase
+        super().__init__(f"The chain in {chain_file} names the phase {phase!r}, but {detail}")
+
+
+class UnknownCompanyRoleError(CompanyConfigError, LookupError):
+    def __init__(self, role: str, used_by: str, role_file: str, known: list[str]) -> None:
+        self.role = role
+        super().__init__(
+            f"{used_by} needs the role {role!r}, which {role_file} does not define. "
+            f"Defined roles: {', '.join(known) or 'none'}. Add the role to RoleConfig.json or fix the name."
+        )

@@ -170,6 +170,28 @@ class HearthApp:
         self.error_banner.visible = False
         self.page.update()
 
+    def ask(self, title: str, content: ft.Control, action: str, on_action: Callable[[], None]) -> None:
+        """A modal dialog with Cancel and one action button (which closes the dialog, then runs ``on_action``)."""
+
+        def act(e: Any) -> None:
+            self.page.pop_dialog()
+            on_action()
+            self.page.update()
+
+        if isinstance(content, ft.TextField):
+            content.on_submit = act
+        self.page.show_dialog(
+            ft.AlertDialog(
+                modal=True,
+                title=ft.Text(title),
+                content=content,
+                actions=[
+                    ft.TextButton(self.tr("cancel"), on_click=lambda e: self.page.pop_dialog()),
+                    ft.FilledButton(action, on_click=act),
+                ],
+            )
+        )
+
     def notify(self, message: str) -> None:
         self.page.show_dialog(ft.SnackBar(ft.Text(message)))
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from src.db.chats import ChatStore
-from src.db.database import get_database
+from src.db.database import get_app_setting, get_database
 from src.db.models import Message
 from src.settings import PROJECT_ROOT
 from src.utils.catalog import resolve_local_model
@@ -105,7 +105,14 @@ def test_stop_a_long_reply(hearth: Any, monkeypatch: pytest.MonkeyPatch) -> None
     send(page, "Write a very long story about a dragon who learns to bake bread.")
     stop = page.get_by_role("button", name="Stop")
     stop.wait_for(timeout=30_000)
-    page.wait_for_timeout(1500)
+    # The reply placeholder "…" is replaced by the first words once the model streams; then let it run a little.
+    def streamed_words() -> str:
+        text = page.evaluate("() => document.body.textContent")
+        # The live reply sits between its "Assistant" label and the Stop button in the accessibility text.
+        return text.rsplit("Assistant", 1)[-1].split("Stop", 1)[0].replace("…", "").strip() if "Assistant" in text else ""
+
+    wait_until(streamed_words, 60, "the first words of the reply")
+    page.wait_for_timeout(1000)
     stop.click()
     page.get_by_role("button", name="Send", exact=True).wait_for(timeout=10_000)
     [reply] = wait_until(assistant_messages, message="the partial reply")
@@ -160,6 +167,9 @@ def test_last_conversation_reopens_and_chinese_ui(hearth: Any) -> None:
     page = hearth()
     send_and_wait(page, "Remember this conversation")
     go_to(page, "Settings")
+    page.get_by_role("button", name="Theme").click()
+    page.get_by_role("button", name="Dark", exact=True).click()
+    wait_until(lambda: get_app_setting("theme") == "dark", 10, "the dark theme setting")
     page.get_by_role("button", name="Language").click()
     page.get_by_role("button", name="中文", exact=True).click()
     wait_for_words(page, "语言模型")
@@ -260,3 +270,28 @@ def test_desktop_mode_falls_back_to_the_browser_when_the_client_cannot_be_fetche
     wait_for_text(page, "New chat")
     log = next(tmp_path.glob("server-*.log")).read_text()
     assert "desktop window cannot open" in log and dead in log and "FLET_CLIENT_URL" in log
+
+
+def test_errors_are_banners_and_nothing_is_lost(hearth: Any) -> None:
+    from src.db.llm_config_db import LLMConfigDB
+
+    db = LLMConfigDB()  # a server that is not running (a port that was just free)
+    db.set_current_config(
+        db.save_config(provider="openai_compatible", model="m", base_url=f"http://127.0.0.1:{free_port()}/v1")
+    )
+    page = hearth()
+    send(page, "Is anybody there?")
+    wait_for_words(page, "Cannot reach the server", timeout=30)
+    page.get_by_role("button", name="Send", exact=True).wait_for(timeout=10_000)
+    assert [m.content for m in ChatStore().current_path(ChatStore().list_chats()[0].id)] == ["Is anybody there?"]
+    page.get_by_role("button", name="Dismiss").click()
+
+    # Saving an API key where no keyring exists (headless Linux) explains how to fix it; nothing is stored.
+    go_to(page, "Settings")
+    page.get_by_role("radio", name="OpenAI-compatible server").click()
+    type_into(page, "Server URL", "http://127.0.0.1:9/v1")
+    type_into(page, "Model name", "other-model")
+    type_into(page, "API key (stored in the OS keyring)", "sk-secret")
+    page.get_by_role("button", name="Save and use").click()
+    wait_for_words(page, "No OS keyring", timeout=10)
+    assert not [c for c in db.list_configs() if c.model == "other-model"]

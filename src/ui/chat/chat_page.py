@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,16 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 LAST_CHAT_SETTING = "last_chat_id"
+
+
+class _PendingReply:
+    """Stands in for a reply while the model accepts the request, so Stop works from the first moment."""
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
 
 
 class ChatPage:
@@ -290,18 +301,11 @@ class ChatPage:
             self._start(lambda chat_id: self.app.handler.regenerate_streaming_response(chat_id), user_text=None)
 
     def _start(self, open_reply: Any, user_text: str | None) -> None:
+        """Show the message at once and ask the model off the UI thread: loading a model or building a long prompt
+        takes seconds, and the window must stay responsive (Stop works from the first moment)."""
         chat_id = self.chat_id or ChatStore.new_chat_id()
         self.sent_at = time.perf_counter()
-        try:
-            reply = open_reply(chat_id)
-        except HearthError as exc:
-            self.app.show_error(str(exc))
-            self.app.page.update()
-            return
-        self.app.hide_error()
-        if self.chat_id != chat_id:
-            self.chat_id = chat_id
-            set_app_setting(LAST_CHAT_SETTING, chat_id)
+        self.app.error_banner.visible = False
         if user_text is not None:
             self.input.value = ""
             if self.messages.controls and isinstance(self.messages.controls[0], ft.Text):
@@ -313,15 +317,44 @@ class ChatPage:
             self.messages.controls.append(self._user_bubble(user_text))
         live = markdown("…")
         self.messages.controls.append(self._assistant_bubble(None, body=live))
-        self.reply = reply
+        pending = _PendingReply()
+        self.reply = pending
         self._update_send_button()
-        self.refresh_list()
         self.app.page.update()
+        threading.Thread(
+            target=self._open_reply, args=(open_reply, chat_id, live, pending, user_text), daemon=True
+        ).start()
+
+    def _open_reply(self, open_reply: Any, chat_id: str, live: ft.Markdown, pending: "_PendingReply", user_text: str | None) -> None:
+        try:
+            reply = open_reply(chat_id)
+        except Exception as exc:  # typed errors read well; anything else is still a banner, never a frozen UI
+            message = str(exc) if isinstance(exc, HearthError) else f"{type(exc).__name__}: {exc}"
+            self.app.call_ui(self._failed_to_start, message, user_text)
+            return
+        if pending.cancelled.is_set():
+            reply.cancel()
+        self.app.call_ui(self._started, chat_id, reply)  # queued before the pump's first update: runs first
         self.pump = ReplyPump(
             reply,
             on_text=lambda text: self.app.call_ui(self._show_partial, live, text),
             on_done=lambda result, error: self.app.call_ui(self._finished, result, error),
         ).start()
+
+    def _started(self, chat_id: str, reply: Any) -> None:
+        if self.chat_id is None:  # a new conversation, still on screen
+            self.chat_id = chat_id
+            set_app_setting(LAST_CHAT_SETTING, chat_id)
+        self.reply = reply
+        self.refresh_list()
+
+    def _failed_to_start(self, message: str, user_text: str | None) -> None:
+        self.reply = None
+        if user_text is not None and not (self.input.value or "").strip():
+            self.input.value = user_text  # nothing is lost: the message is back in the input
+        self._update_send_button()
+        self.app.show_error(message)
+        self.show_chat()
 
     def _show_partial(self, live: ft.Markdown, text: str) -> None:
         live.value = text
@@ -345,60 +378,38 @@ class ChatPage:
         self.app.page.run_task(self.copy_async, text)
 
     def ask_rename(self) -> None:
-        if not self.chat_id or self.chats.get_chat(self.chat_id) is None:
+        chat_id = self.chat_id
+        if not chat_id or self.chats.get_chat(chat_id) is None:
             return
         field = ft.TextField(label=self.tr("title"), value=self.title.value, autofocus=True)
 
-        def save(e: Any) -> None:
+        def rename() -> None:
             title = (field.value or "").strip()
             if title:
-                self.chats.rename_chat(self.chat_id, title)
-            self.app.page.pop_dialog()
+                self.chats.rename_chat(chat_id, title)
             self.refresh_list()
             self.show_chat()
-            self.app.page.update()
 
-        field.on_submit = save
-        self.app.page.show_dialog(
-            ft.AlertDialog(
-                modal=True,
-                title=ft.Text(self.tr("rename_chat")),
-                content=field,
-                actions=[
-                    ft.TextButton(self.tr("cancel"), on_click=lambda e: self.app.page.pop_dialog()),
-                    ft.FilledButton(self.tr("save"), on_click=save),
-                ],
-            )
-        )
+        self.app.ask(self.tr("rename_chat"), field, self.tr("save"), rename)
 
     def ask_delete(self) -> None:
         chat = self.chats.get_chat(self.chat_id) if self.chat_id else None
         if chat is None:
             return
 
-        def delete(e: Any) -> None:
+        def delete() -> None:
             self.chats.delete_chat(chat.id)
-            self.app.page.pop_dialog()
             remaining = self.chats.list_chats()
             self.open_chat(remaining[0].id if remaining else None)
 
-        self.app.page.show_dialog(
-            ft.AlertDialog(
-                modal=True,
-                title=ft.Text(self.tr("delete_chat_q")),
-                content=ft.Text(self.tr("delete_chat_body", title=chat.title or self.tr("untitled"))),
-                actions=[
-                    ft.TextButton(self.tr("cancel"), on_click=lambda e: self.app.page.pop_dialog()),
-                    ft.FilledButton(self.tr("delete"), on_click=delete),
-                ],
-            )
-        )
+        body = ft.Text(self.tr("delete_chat_body", title=chat.title or self.tr("untitled")))
+        self.app.ask(self.tr("delete_chat_q"), body, self.tr("delete"), delete)
 
     def ask_system_prompt(self) -> None:
         chat = self.chats.get_chat(self.chat_id) if self.chat_id else None
         field = ft.TextField(
             label=self.tr("system_prompt"),
-            hint_text=self.tr("system_prompt_hint"),
+            helper=self.tr("system_prompt_hint"),
             value=(chat.system_prompt if chat else "") or "",
             multiline=True,
             min_lines=3,
@@ -406,21 +417,10 @@ class ChatPage:
             width=520,
         )
 
-        def save(e: Any) -> None:
+        def save() -> None:
             chat_id = self.chat_id or ChatStore.new_chat_id()
             self.chats.get_or_create_chat(chat_id)
             self.chats.set_system_prompt(chat_id, (field.value or "").strip() or None)
-            self.app.page.pop_dialog()
             self.open_chat(chat_id)
 
-        self.app.page.show_dialog(
-            ft.AlertDialog(
-                modal=True,
-                title=ft.Text(self.tr("system_prompt")),
-                content=field,
-                actions=[
-                    ft.TextButton(self.tr("cancel"), on_click=lambda e: self.app.page.pop_dialog()),
-                    ft.FilledButton(self.tr("save"), on_click=save),
-                ],
-            )
-        )
+        self.app.ask(self.tr("system_prompt"), field, self.tr("save"), save)

@@ -372,27 +372,16 @@ class SettingsPage:
         self.refresh_models()
 
     def ask_delete(self, info: ModelInfo) -> None:
-        def delete(e: Any) -> None:
-            self.app.page.pop_dialog()
+        def delete() -> None:
             try:
                 self.app.models.delete(info.entry.id)
             except HearthError as exc:
                 self.app.show_error(str(exc))
             self.refresh_models()
             self.app.chat_page._fill_model_picker()
-            self.app.page.update()
 
-        self.app.page.show_dialog(
-            ft.AlertDialog(
-                modal=True,
-                title=ft.Text(self.tr("delete_model_q", model=info.entry.id)),
-                content=ft.Text(self.tr("delete_model_body", size=human_bytes(info.size_bytes))),
-                actions=[
-                    ft.TextButton(self.tr("cancel"), on_click=lambda e: self.app.page.pop_dialog()),
-                    ft.FilledButton(self.tr("delete"), on_click=delete),
-                ],
-            )
-        )
+        body = ft.Text(self.tr("delete_model_body", size=human_bytes(info.size_bytes)))
+        self.app.ask(self.tr("delete_model_q", model=info.entry.id), body, self.tr("delete"), delete)
 
     # --- endpoints -----------------------------------------------------------------------------------------------
 

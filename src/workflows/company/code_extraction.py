@@ -1,0 +1,313 @@
+"""Turn a model's reply into the files it meant to write, and check every file name before anything touches disk.
+
+Small local models are inconsistent about how they name files, so the parser accepts the common styles: a name on
+the line before the fence (``main.py``, ``**main.py**``, ``# main.py``, ``File: main.py``, ChatDev's bare
+``FILENAME`` line), a name in the fence's info string (```` ```python main.py ````), and a first-line comment inside
+the block (``# main.py``, ``# filename: utils/helpers.py``). Unnamed blocks get a guessed name that is recorded as
+such, so that the company can ask the model again instead of trusting it.
+
+``safe_relative_path`` is the gate: a name that could land outside the project folder, or that would behave
+differently on another OS, raises :class:`~src.errors.UnsafePathError`. Extraction itself never raises for a bad
+name; it reports it, and the writer (``warehouse.ProjectFolder``) refuses it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import textwrap
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from src.errors import UnsafePathError
+
+logger = logging.getLogger(__name__)
+
+MAX_COMPONENT_BYTES = 255  # NAME_MAX on Linux and macOS; NTFS allows 255 UTF-16 units, which is never less
+MAX_PATH_BYTES = 1024  # well under PATH_MAX (4096) so the project folder's own path still fits in front
+
+# Names Windows gives to devices: "con.py" can't be created there, and writing "nul" silently discards the data.
+_WINDOWS_RESERVED = frozenset(
+    {"con", "prn", "aux", "nul", "conin$", "conout$"}
+    | {f"com{i}" for i in range(10)}
+    | {f"lpt{i}" for i in range(10)}
+)
+# Characters Windows refuses in names (":" also opens NTFS alternate data streams); refused everywhere so that a
+# project generated on Linux can be copied to Windows.
+_WINDOWS_FORBIDDEN_CHARS = frozenset('<>:"|?*')
+
+
+def safe_relative_path(name: str) -> PurePosixPath:
+    """The normalised relative path for ``name``, or :class:`UnsafePathError` if it could escape the folder.
+
+    ``./a//b.py`` becomes ``a/b.py``; backslashes count as separators (a model on Windows habits writes
+    ``utils\\helpers.py``). Refused: empty names, absolute paths (``/etc/x``, ``C:\\x``, ``\\\\server\\share``),
+    drive letters, ``..``, ``~`` (shell home expansion), NUL and control characters, characters or device names
+    Windows can't store, components ending in a dot or space, ``.git`` (its hooks run on the user's next git
+    command), and names longer than 255 bytes per component or 1024 bytes in total.
+    """
+    if not isinstance(name, str):
+        raise UnsafePathError(name, "it is not text")
+    if any(ord(ch) < 32 or 0x7F <= ord(ch) <= 0x9F for ch in name):
+        raise UnsafePathError(name, "it contains NUL or control characters")
+    stripped = name.strip()
+    if not stripped:
+        raise UnsafePathError(name, "it is empty")
+    if len(stripped.encode("utf-8")) > MAX_PATH_BYTES * 4:
+        # Checked early so that a megabyte-long "name" is not split and scanned part by part.
+        raise UnsafePathError(name, f"it is longer than {MAX_PATH_BYTES} bytes")
+    unified = stripped.replace("\\", "/")
+    if unified.startswith("/"):
+        raise UnsafePathError(name, "it is an absolute path (or a network share)")
+    if re.match(r"^[A-Za-z]:", unified):
+        raise UnsafePathError(name, "it starts with a drive letter")
+    parts: list[str] = []
+    for part in unified.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            raise UnsafePathError(name, "it goes up to the parent folder with '..'")
+        if part.startswith("~"):
+            raise UnsafePathError(name, "it starts with '~', which a shell expands to a home folder")
+        bad = sorted(set(part) & _WINDOWS_FORBIDDEN_CHARS)
+        if bad:
+            raise UnsafePathError(name, f"it contains {''.join(bad)!r}, which Windows does not allow in file names")
+        if part.endswith((".", " ")):
+            raise UnsafePathError(name, "a part of it ends with a dot or a space, which Windows drops silently")
+        if part.split(".", 1)[0].strip().lower() in _WINDOWS_RESERVED:
+            raise UnsafePathError(name, f"{part!r} is a device name on Windows")
+        if part.lower() == ".git":
+            raise UnsafePathError(name, "it writes into .git, whose hooks would run on the user's next git command")
+        if len(part.encode("utf-8")) > MAX_COMPONENT_BYTES:
+            raise UnsafePathError(name, f"a part of it is longer than {MAX_COMPONENT_BYTES} bytes")
+        parts.append(part)
+    if not parts:
+        raise UnsafePathError(name, "it names no file (only '.' and separators)")
+    normalised = "/".join(parts)
+    if len(normalised.encode("utf-8")) > MAX_PATH_BYTES:
+        raise UnsafePathError(name, f"it is longer than {MAX_PATH_BYTES} bytes")
+    return PurePosixPath(normalised)
+
+
+# --- extraction ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExtractedFile:
+    path: str  # as the model wrote it (normalised separators); not yet validated, see safe_relative_path
+    content: str
+    language: str
+    name_guessed: bool  # True when the model gave no name and this one was made up
+
+
+# Info-string words that mean "this is not a file to write" (program output, shell sessions, prose).
+_NON_CODE_LANGUAGES = frozenset(
+    {
+        "text", "txt", "plain", "plaintext", "output", "out", "console", "terminal", "shell-session", "log",
+        "bash", "sh", "shell", "zsh", "powershell", "ps", "ps1", "cmd", "bat", "batch", "markdown", "md", "diff",
+        "patch", "stdout", "stderr", "result", "example",
+    }
+)
+
+_LANGUAGE_ALIASES = {
+    "py": "python", "python3": "python", "py3": "python", "python2": "python", "pyw": "python",
+    "js": "javascript", "node": "javascript", "jsx": "javascript", "mjs": "javascript",
+    "ts": "typescript", "tsx": "typescript", "htm": "html", "c++": "cpp", "cxx": "cpp", "cc": "cpp",
+    "yml": "yaml", "rb": "ruby", "rs": "rust", "golang": "go", "kt": "kotlin", "cs": "csharp", "c#": "csharp",
+}
+
+_EXTENSION_BY_LANGUAGE = {
+    "python": "py", "javascript": "js", "typescript": "ts", "html": "html", "css": "css", "json": "json",
+    "yaml": "yaml", "toml": "toml", "ini": "ini", "cpp": "cpp", "c": "c", "java": "java", "go": "go",
+    "rust": "rs", "ruby": "rb", "kotlin": "kt", "csharp": "cs", "sql": "sql", "xml": "xml", "php": "php",
+    "lua": "lua", "swift": "swift", "r": "r",
+}
+
+_LANGUAGE_BY_EXTENSION = {ext: lang for lang, ext in _EXTENSION_BY_LANGUAGE.items()} | {
+    "pyw": "python", "htm": "html", "yml": "yaml", "hpp": "cpp", "h": "c", "jsx": "javascript",
+    "tsx": "typescript", "txt": "text", "md": "markdown", "cfg": "ini", "sh": "bash", "csv": "text",
+}
+
+# A plausible file name: no spaces, an extension of 1-10 letters or digits, optional sub-folders. Deliberately
+# loose about what comes before the extension: safe_relative_path, not this pattern, is the security check.
+_NAME = r"(?P<name>[^\s`*'\"<>|,;()\[\]{}]*[^\s`*'\"<>|,;()\[\]{}.]\.[A-Za-z0-9]{1,10})"
+_NAME_RE = re.compile(rf"^{_NAME}$")
+# Well-known files without an extension that models do write.
+_BARE_NAMES = frozenset({"Dockerfile", "Makefile", "Procfile", "LICENSE", "README"})
+
+# The line just before a fence: "main.py", "**main.py**", "# main.py", "### `main.py`", "File: main.py",
+# "FILENAME: game.py", "1. main.py:", "- main.py", "Here is `main.py`:".
+_DECORATION = r"[\s#>*_`\-+.\d)(\[\]]*"
+_LABEL = r"(?:(?:file\s*name|file|filename|path|name|source)\s*[:=\-]\s*)?"
+_BEFORE_LINE_RE = re.compile(rf"^{_DECORATION}{_LABEL}[*_`'\"]*{_NAME}[*_`'\"]*\s*:?[*_`\s]*$", re.IGNORECASE)
+_QUOTED_NAME_AT_END_RE = re.compile(rf"[`*'\"]+{_NAME}[`*'\"]+\s*:?\s*[*_]*\s*$")
+# A first line inside the block: "# main.py", "// main.js", "-- query.sql", "<!-- index.html -->",
+# "# filename: utils/helpers.py", "/* style.css */", "'''main.py'''".
+_FIRST_LINE_RE = re.compile(
+    rf"^\s*(?:#+|//+|--|/\*+|<!--|;+|'''|\"\"\")\s*{_LABEL}[`*'\"]*{_NAME}[`*'\"]*\s*:?\s*(?:\*/|-->|'''|\"\"\")?\s*$",
+    re.IGNORECASE,
+)
+_FENCE_RE = re.compile(r"^(?P<indent>\s{0,12})(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`]*?)\s*$")
+_ENTRY_POINT_RE = re.compile(r"""^\s*if\s+__name__\s*==\s*['"]__main__['"]\s*:""", re.MULTILINE)
+# Enough to tell an unlabelled block of Python from program output or prose.
+_LOOKS_LIKE_PYTHON_RE = re.compile(
+    r"^\s*(?:import\s+\w|from\s+[\w.]+\s+import\b|def\s+\w+\s*\(|class\s+\w+|async\s+def\s|if\s+__name__|"
+    r"print\s*\(|[A-Za-z_][\w.]*\s*(?:\[[^\]]*\])?\s*[+\-*/]?=\s*\S|for\s+\w.*:\s*$|while\s.*:\s*$)",
+    re.MULTILINE,
+)
+
+
+@dataclass
+class _Block:
+    info: str
+    lines: list[str]
+    start: int  # index of the opening fence line
+    end: int  # index of the closing fence line (== len(lines) when the reply stops inside the block)
+
+
+def _parse_blocks(lines: list[str]) -> list[_Block]:
+    blocks: list[_Block] = []
+    i = 0
+    while i < len(lines):
+        match = _FENCE_RE.match(lines[i])
+        if not match:
+            i += 1
+            continue
+        fence = match["fence"]
+        body: list[str] = []
+        j = i + 1
+        while j < len(lines):
+            line = lines[j]
+            stripped = line.strip()
+            if stripped.startswith(fence[0] * len(fence)) and stripped.strip(fence[0]) == "":
+                break
+            # Small models often glue the closing fence to the last line of code: `main()```.
+            if stripped.endswith(fence) and not stripped.startswith(fence[0] * 3):
+                body.append(line.rstrip()[: -len(fence)])
+                break
+            body.append(line)
+            j += 1
+        blocks.append(_Block(info=match["info"], lines=body, start=i, end=j))
+        i = j + 1
+    return blocks
+
+
+def _clean_name(raw: str) -> str:
+    return raw.strip().strip("`*'\"").replace("\\", "/")
+
+
+def _name_from_info(info: str) -> tuple[str, str | None]:
+    """(language word, file name) from an info string like ``python``, ``python main.py``, ``py:main.py``,
+    ``python title="main.py"`` or just ``main.py``."""
+    words = [w for w in re.split(r"[\s:,{}]+", info) if w]
+    language = ""
+    name: str | None = None
+    for index, word in enumerate(words):
+        value = word.split("=", 1)[1] if "=" in word else word
+        value = _clean_name(value)
+        if name is None and (_NAME_RE.match(value) or value in _BARE_NAMES):
+            name = value
+        elif index == 0 and "=" not in word:
+            language = word.lower()
+    return language, name
+
+
+def _name_from_line(line: str) -> str | None:
+    stripped = line.strip()
+    if not stripped or len(stripped) > 300:
+        return None
+    match = _BEFORE_LINE_RE.match(stripped) or _QUOTED_NAME_AT_END_RE.search(stripped)
+    if match:
+        return _clean_name(match["name"])
+    bare = stripped.strip("#*_`: ")
+    return bare if bare in _BARE_NAMES else None
+
+
+def _normalise_language(word: str) -> str:
+    word = word.lower().lstrip(".")
+    return _LANGUAGE_ALIASES.get(word, word)
+
+
+def _language_from_name(name: str) -> str | None:
+    suffix = PurePosixPath(name).suffix.lower().lstrip(".")
+    return _LANGUAGE_BY_EXTENSION.get(suffix)
+
+
+def _tidy(body: list[str]) -> str:
+    text = textwrap.dedent("\n".join(line.rstrip() for line in body))
+    return text.strip("\n") + "\n" if text.strip() else ""
+
+
+def extract_code_files(text: str, *, default_language: str = "python") -> list[ExtractedFile]:
+    """The files in a model's reply, in the order they first appear; a file given twice keeps its later content.
+
+    Fences whose info string says they are not code (```` ```text ````, ```` ```bash ````, ```` ```output ````)
+    are skipped unless the model named a file for them (``requirements.txt`` in a ```` ```text ```` block is
+    kept). An unlabelled, unnamed fence is kept only if it looks like ``default_language`` code. A reply that
+    stops inside a block (the model ran out of tokens) keeps what it has.
+    """
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    default_language = _normalise_language(default_language)
+    named: list[tuple[str, str, str]] = []  # (name, content, language) in reply order
+    unnamed: list[tuple[int, str, str]] = []  # (position among all blocks, content, language)
+    previous_end = -1
+    for position, block in enumerate(_parse_blocks(lines)):
+        language_word, name = _name_from_info(block.info)
+        if name is None:
+            # The closest non-blank line before the fence, but never inside or before the previous block.
+            k = block.start - 1
+            while k > previous_end and not lines[k].strip() and block.start - k <= 2:
+                k -= 1
+            if k > previous_end and lines[k].strip():
+                name = _name_from_line(lines[k])
+        body = block.lines
+        if name is None:
+            first = next((line for line in body if line.strip()), "")
+            match = _FIRST_LINE_RE.match(first)
+            if match:
+                name = _clean_name(match["name"])
+        previous_end = block.end
+        content = _tidy(body)
+        if not content:
+            continue
+        language = _normalise_language(language_word) if language_word else ""
+        if name is not None:
+            language = language or _language_from_name(name) or default_language
+            named.append((name, content, language))
+            continue
+        if language in _NON_CODE_LANGUAGES:
+            continue
+        if not language:
+            if default_language == "python" and not _LOOKS_LIKE_PYTHON_RE.search(content):
+                logger.debug("Skipped an unlabelled block that does not look like code (%d chars)", len(content))
+                continue
+            language = default_language
+        unnamed.append((position, content, language))
+
+    files: dict[str, ExtractedFile] = {}
+    for name, content, language in named:
+        files.pop(name, None)  # re-inserted so that order follows the last occurrence as well as its content
+        files[name] = ExtractedFile(path=name, content=content, language=language, name_guessed=False)
+
+    python_blocks = sum(1 for _, _, lang in named if lang == "python") + sum(
+        1 for _, _, lang in unnamed if lang == "python"
+    )
+    entry_candidates = [i for i, (_, content, lang) in enumerate(unnamed) if lang == "python" and (
+        _ENTRY_POINT_RE.search(content) or python_blocks == 1)]
+    # The last entry point wins main.py: a model that "improves" its program repeats it in full further down.
+    main_index = entry_candidates[-1] if entry_candidates and "main.py" not in files else None
+    counter = 0
+    for index, (_, content, language) in enumerate(unnamed):
+        if index == main_index:
+            guessed = "main.py"
+        else:
+            extension = _EXTENSION_BY_LANGUAGE.get(language, "txt")
+            while True:
+                counter += 1
+                guessed = f"module_{counter}.{extension}"
+                if guessed not in files:
+                    break
+        files[guessed] = ExtractedFile(path=guessed, content=content, language=language, name_guessed=True)
+    if unnamed:
+        logger.info("Guessed names for %d unnamed code block(s)", len(unnamed))
+    return list(files.values())
