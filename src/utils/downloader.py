@@ -346,6 +346,7 @@ class _FileTransfer:
     """
 
     _QUEUE_CHUNKS = 8
+    _FLUSH_EVERY_BYTES = 32 << 20
 
     def __init__(self, folder: Path, record: FileRecord, resume_from: int) -> None:
         self.record = record
@@ -366,6 +367,7 @@ class _FileTransfer:
             self.checksum.update(block)
             remaining -= len(block)
         self.durable_at = resume_from
+        self._flushed_at = resume_from
         self._error: BaseException | None = None
         # Two helpers, each in order: one writes, one hashes (sha256 alone runs at about the loopback's speed).
         self._queues: list[queue.Queue[bytes | None]] = [queue.Queue(maxsize=self._QUEUE_CHUNKS) for _ in range(2)]
@@ -382,6 +384,11 @@ class _FileTransfer:
         while view:
             view = view[self.handle.write(view) :]
         self.offset += len(data)
+        # Flush to disk as we go, in this helper thread, so the fsync that must precede the final rename has
+        # little left to do (a whole-file fsync at the end would add its full duration to every download).
+        if self.offset - self._flushed_at >= self._FLUSH_EVERY_BYTES:
+            os.fsync(self.handle.fileno())
+            self._flushed_at = self.offset
 
     def _drain(self, chunks: "queue.Queue[bytes | None]", step: Callable[[bytes], None]) -> None:
         while True:
