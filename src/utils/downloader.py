@@ -15,22 +15,22 @@ size recorded in the state (the state remembers the boot it was written in).
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import logging
 import os
 import queue
 import shutil
+import socket
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import httpcore
-import httpx
+from urllib.parse import urljoin
 
 from src import settings as app_settings
 from src.errors import (
@@ -42,14 +42,11 @@ from src.errors import (
     InsufficientDiskSpaceError,
     RemoteFileNotFoundError,
 )
-from src.utils.hub_api import HubClient, RemoteFile, RepoSnapshot, _describe
+from src.utils import raw_http
+from src.utils.hub_api import HubClient, RemoteFile, RepoSnapshot
 from src.utils.http_client import SocketInterrupter
 
 logger = logging.getLogger(__name__)
-
-# httpcore reads 64 KiB per recv(); model files are gigabytes, and every read costs Python-level parsing. A larger
-# read only returns sooner-available data in bigger pieces, so streaming replies elsewhere are not delayed by it.
-httpcore._sync.http11.HTTP11Connection.READ_NUM_BYTES = max(httpcore._sync.http11.HTTP11Connection.READ_NUM_BYTES, 1 << 20)
 
 STATE_FILE = "download_state.json"
 PART_SUFFIX = ".part"
@@ -243,6 +240,18 @@ def current_boot_id() -> str:
     except OSError:
         # Elsewhere: the boot time, from wall clock minus monotonic uptime, to the minute.
         return str(round((time.time() - time.monotonic()) / 60))
+
+
+def _describe_transport(exc: BaseException) -> str:
+    if isinstance(exc, socket.timeout):
+        return "timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset"
+    if isinstance(exc, http.client.IncompleteRead):
+        return f"the connection closed early ({len(exc.partial)} bytes of the last piece)"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def free_disk_bytes(folder: Path) -> int:
@@ -645,31 +654,29 @@ class ModelDownload:
         try:
             with self.cancel.callback(interrupter.fire):
                 for _hop in range(6):
-                    headers = {"Accept-Encoding": "identity", **self.hub.auth_headers(url)}
+                    # Redirects are followed here, so the token policy applies to every hop (a CDN gets none).
+                    headers = {"Accept-Encoding": "identity", "User-Agent": "Hearth", **self.hub.auth_headers(url)}
                     if transfer.offset:
                         headers["Range"] = f"bytes={transfer.offset}-"
-                    client = self.hub.client_for(url)
-                    request = client.build_request("GET", url, headers=headers, extensions={"trace": interrupter.trace})
-                    response = client.send(request, stream=True)
-                    try:
-                        interrupter.attach_stream(response.extensions.get("network_stream"))
-                        if response.is_redirect and "location" in response.headers:
-                            url = str(httpx.URL(url).join(response.headers["location"]))
+                    with raw_http.get(
+                        url, headers, timeout=app_settings.HUB_READ_TIMEOUT_S, on_socket=interrupter.attach_socket
+                    ) as response:
+                        location = response.headers.get("location")
+                        if response.status in (301, 302, 303, 307, 308) and location:
+                            url = urljoin(url, location)
                             continue
-                        self._check_status(response, transfer)
+                        self._check_status(response.status, response.headers, transfer)
                         self._receive(state, record, transfer, response)
                         return
-                    finally:
-                        response.close()
-                        interrupter.detach()
                 raise _Transient("too many redirects")
-        except httpx.HTTPError as exc:
+        except (OSError, http.client.HTTPException) as exc:
             if self.cancel.cancelled:
                 raise _Cancelled from None
-            raise _Transient(_describe(exc)) from None
+            raise _Transient(_describe_transport(exc)) from None
+        finally:
+            interrupter.detach()
 
-    def _check_status(self, response: httpx.Response, transfer: _FileTransfer) -> None:
-        status = response.status_code
+    def _check_status(self, status: int, headers: Mapping[str, str], transfer: _FileTransfer) -> None:
         if status == 404:
             raise _NotFound
         if status in (401, 403):
@@ -684,7 +691,7 @@ class ModelDownload:
                 transfer.restart()
             return
         if status == 206:
-            content_range = response.headers.get("content-range", "")
+            content_range = headers.get("content-range", "")
             try:
                 start = int(content_range.split()[1].split("-")[0])
             except (IndexError, ValueError):
@@ -695,13 +702,13 @@ class ModelDownload:
         raise _Transient(f"unexpected HTTP {status}")
 
     def _receive(
-        self, state: DownloadState, record: FileRecord, transfer: _FileTransfer, response: httpx.Response
+        self, state: DownloadState, record: FileRecord, transfer: _FileTransfer, response: raw_http.RawResponse
     ) -> None:
         last_durable = time.monotonic()
-        for chunk in response.iter_raw():  # as received: re-chunking would copy every byte once more
-            if transfer.received + len(chunk) > record.size:
+        for view in response.read_chunks():
+            if transfer.received + len(view) > record.size:
                 raise _RestartFile("the server sent more bytes than the file has")
-            transfer.write(chunk)
+            transfer.write(bytes(view))  # a copy: the view's buffer is reused for the next read
             if self.cancel.cancelled:
                 raise _Cancelled
             now = time.monotonic()

@@ -61,6 +61,12 @@ class SocketInterrupter:
             if self._fired:
                 self._shutdown(sock)
 
+    def attach_socket(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sock = sock
+            if self._fired:
+                self._shutdown(sock)
+
     def fire(self) -> None:
         with self._lock:
             self._fired = True
