@@ -42,9 +42,10 @@ def safe_relative_path(name: str) -> PurePosixPath:
 
     ``./a//b.py`` becomes ``a/b.py``; backslashes count as separators (a model on Windows habits writes
     ``utils\\helpers.py``). Refused: empty names, absolute paths (``/etc/x``, ``C:\\x``, ``\\\\server\\share``),
-    drive letters, ``..``, ``~`` (shell home expansion), NUL and control characters, characters or device names
-    Windows can't store, components ending in a dot or space, ``.git`` (its hooks run on the user's next git
-    command), and names longer than 255 bytes per component or 1024 bytes in total.
+    drive letters, ``..``, ``~`` (shell home expansion), a leading ``-`` (read as an option), NUL and control
+    characters, characters or device names Windows can't store, components ending in a dot or space, ``.git``
+    (its hooks run on the user's next git command), and names longer than 255 bytes per component or 1024 bytes
+    in total.
     """
     if not isinstance(name, str):
         raise UnsafePathError(name, "it is not text")
@@ -69,6 +70,9 @@ def safe_relative_path(name: str) -> PurePosixPath:
             raise UnsafePathError(name, "it goes up to the parent folder with '..'")
         if part.startswith("~"):
             raise UnsafePathError(name, "it starts with '~', which a shell expands to a home folder")
+        if part.startswith("-"):
+            # "python -c.py" runs code, "git add -f.py" adds a flag: names are passed on command lines later.
+            raise UnsafePathError(name, "a part of it starts with '-', which a command line reads as an option")
         bad = sorted(set(part) & _WINDOWS_FORBIDDEN_CHARS)
         if bad:
             raise UnsafePathError(name, f"it contains {''.join(bad)!r}, which Windows does not allow in file names")
@@ -94,7 +98,7 @@ def safe_relative_path(name: str) -> PurePosixPath:
 
 @dataclass(frozen=True)
 class ExtractedFile:
-    path: str  # as the model wrote it (normalised separators); not yet validated, see safe_relative_path
+    path: str  # normalised when safe; an unsafe name is kept as written so that the writer refuses it
     content: str
     language: str
     name_guessed: bool  # True when the model gave no name and this one was made up
@@ -130,17 +134,19 @@ _LANGUAGE_BY_EXTENSION = {ext: lang for lang, ext in _EXTENSION_BY_LANGUAGE.item
 
 # A plausible file name: no spaces, an extension of 1-10 letters or digits, optional sub-folders. Deliberately
 # loose about what comes before the extension: safe_relative_path, not this pattern, is the security check.
-_NAME = r"(?P<name>[^\s`*'\"<>|,;()\[\]{}]*[^\s`*'\"<>|,;()\[\]{}.]\.[A-Za-z0-9]{1,10})"
+_NAME = r"(?P<name>(?![#!])[^\s`*'\"<>|,;()\[\]{}]*[^\s`*'\"<>|,;()\[\]{}./\\]\.[A-Za-z0-9]{1,10})"
 _NAME_RE = re.compile(rf"^{_NAME}$")
 # Well-known files without an extension that models do write.
 _BARE_NAMES = frozenset({"Dockerfile", "Makefile", "Procfile", "LICENSE", "README"})
 
 # The line just before a fence: "main.py", "**main.py**", "# main.py", "### `main.py`", "File: main.py",
 # "FILENAME: game.py", "1. main.py:", "- main.py", "Here is `main.py`:".
-_DECORATION = r"[\s#>*_`\-+.\d)(\[\]]*"
+_DECORATION = r"[\s#>*_`\-+.\d)(\[\]]*?"  # lazy, or "2048.py" would lose its digits to it
 _LABEL = r"(?:(?:file\s*name|file|filename|path|name|source)\s*[:=\-]\s*)?"
 _BEFORE_LINE_RE = re.compile(rf"^{_DECORATION}{_LABEL}[*_`'\"]*{_NAME}[*_`'\"]*\s*:?[*_`\s]*$", re.IGNORECASE)
 _QUOTED_NAME_AT_END_RE = re.compile(rf"[`*'\"]+{_NAME}[`*'\"]+\s*:?\s*[*_]*\s*$")
+# "Here is the code for main.py:" (a name right before the final colon of a line of chatter).
+_NAME_BEFORE_COLON_RE = re.compile(rf"(?:^|\s){_NAME}\s*:\s*$")
 # A first line inside the block: "# main.py", "// main.js", "-- query.sql", "<!-- index.html -->",
 # "# filename: utils/helpers.py", "/* style.css */", "'''main.py'''".
 _FIRST_LINE_RE = re.compile(
@@ -193,7 +199,15 @@ def _parse_blocks(lines: list[str]) -> list[_Block]:
 
 
 def _clean_name(raw: str) -> str:
-    return raw.strip().strip("`*'\"").replace("\\", "/")
+    return raw.strip().strip("`*'\"")
+
+
+def _file_key(name: str) -> str:
+    """The name files are compared by: ``./a.py``, ``a.py`` and ``a\\b.py``/``a/b.py`` are the same file."""
+    try:
+        return str(safe_relative_path(name))
+    except UnsafePathError:
+        return name  # kept as written, so that the writer refuses it with the model's own spelling
 
 
 def _name_from_info(info: str) -> tuple[str, str | None]:
@@ -216,7 +230,11 @@ def _name_from_line(line: str) -> str | None:
     stripped = line.strip()
     if not stripped or len(stripped) > 300:
         return None
-    match = _BEFORE_LINE_RE.match(stripped) or _QUOTED_NAME_AT_END_RE.search(stripped)
+    match = (
+        _BEFORE_LINE_RE.match(stripped)
+        or _QUOTED_NAME_AT_END_RE.search(stripped)
+        or _NAME_BEFORE_COLON_RE.search(stripped)
+    )
     if match:
         return _clean_name(match["name"])
     bare = stripped.strip("#*_`: ")
@@ -233,13 +251,34 @@ def _language_from_name(name: str) -> str | None:
     return _LANGUAGE_BY_EXTENSION.get(suffix)
 
 
+def _name_from_first_lines(body: list[str]) -> str | None:
+    """A name given in a comment on the block's first line (after a shebang or an encoding cookie, if any)."""
+    for line in [line for line in body if line.strip()][:3]:
+        if line.lstrip().startswith("#!") or re.match(r"^\s*#.*coding[:=]", line):
+            continue
+        match = _FIRST_LINE_RE.match(line)
+        return _clean_name(match["name"]) if match else None
+    return None
+
+
+def _is_output_about(name_language: str | None, fence_language: str, content: str) -> bool:
+    """True when a block named after a source file is really that file's output or the commands to run it."""
+    if name_language not in _EXTENSION_BY_LANGUAGE:
+        return False  # requirements.txt in a ```text block, run.sh in a ```bash block: real files
+    if fence_language in _NON_CODE_LANGUAGES:
+        return True
+    return not fence_language and name_language == "python" and not _LOOKS_LIKE_PYTHON_RE.search(content)
+
+
 def _tidy(body: list[str]) -> str:
     text = textwrap.dedent("\n".join(line.rstrip() for line in body))
     return text.strip("\n") + "\n" if text.strip() else ""
 
 
 def extract_code_files(text: str, *, default_language: str = "python") -> list[ExtractedFile]:
-    """The files in a model's reply, in the order they first appear; a file given twice keeps its later content.
+    """The files in a model's reply: named files in the order they first appear, then files with guessed names.
+
+    A file given twice keeps its later content (models repeat a file in full after fixing it).
 
     Fences whose info string says they are not code (```` ```text ````, ```` ```bash ````, ```` ```output ````)
     are skipped unless the model named a file for them (``requirements.txt`` in a ```` ```text ```` block is
@@ -262,17 +301,19 @@ def extract_code_files(text: str, *, default_language: str = "python") -> list[E
                 name = _name_from_line(lines[k])
         body = block.lines
         if name is None:
-            first = next((line for line in body if line.strip()), "")
-            match = _FIRST_LINE_RE.match(first)
-            if match:
-                name = _clean_name(match["name"])
+            name = _name_from_first_lines(body)
         previous_end = block.end
         content = _tidy(body)
         if not content:
             continue
         language = _normalise_language(language_word) if language_word else ""
         if name is not None:
-            language = language or _language_from_name(name) or default_language
+            name_language = _language_from_name(name)
+            if _is_output_about(name_language, language, content):
+                # "Output of main.py:" followed by what it printed: that must not overwrite main.py.
+                logger.debug("Skipped a %r block that talks about %r rather than containing it", language, name)
+                continue
+            language = language or name_language or default_language
             named.append((name, content, language))
             continue
         if language in _NON_CODE_LANGUAGES:
@@ -286,7 +327,7 @@ def extract_code_files(text: str, *, default_language: str = "python") -> list[E
 
     files: dict[str, ExtractedFile] = {}
     for name, content, language in named:
-        files.pop(name, None)  # re-inserted so that order follows the last occurrence as well as its content
+        name = _file_key(name)
         files[name] = ExtractedFile(path=name, content=content, language=language, name_guessed=False)
 
     python_blocks = sum(1 for _, _, lang in named if lang == "python") + sum(

@@ -1,0 +1,521 @@
+"""Run a generated program to test it, without letting it take the app (or the machine) down with it.
+
+What a run gets, and why:
+
+- **Its own process, never the app's**: ``python <entry>`` in a subprocess with ``cwd`` = the project folder.
+- **Its own process group** (``start_new_session=True``): at the timeout, and also when the program exits on its
+  own, the whole group gets SIGKILL, so children it forked (a server, a ``sleep`` in the background) die with it.
+  On Linux, processes that left the group with ``setsid()`` (daemons) are found afterwards by a marker variable in
+  their environment (``HEARTH_RUN_ID``) and killed too. The direct child is always waited for: no zombie of ours.
+- **A minimal environment**: PATH, LANG, a throwaway HOME/TMPDIR and Python's I/O settings. Nothing else from the
+  app's environment is passed on, so HF_TOKEN, HEARTH_API_KEY, OPENAI_API_KEY and the like never reach it.
+  HOME is a fresh empty folder deleted after the run, not the project folder and not the user's home: ``~`` finds
+  none of the user's dotfiles (SSH keys, tokens), and caches a library drops into ``~/.cache`` neither pollute the
+  project's file list nor survive. PYTHONUSERBASE still points at the user's own site-packages, so that modules the
+  user installed with ``pip install --user`` (pygame, ...) keep working.
+- **Bounded output**: reader threads keep the first ``max_output_bytes`` of stdout and of stderr (the last few KiB
+  replace the end of that budget when there is more, so a traceback printed after megabytes of output is still
+  seen) and read and discard the rest; memory stays bounded whatever the program prints.
+- **Resource limits on POSIX**, set by a tiny launcher that calls ``setrlimit`` and then ``exec``\\ s the program
+  (rather than ``preexec_fn``, which Python documents as unsafe in a process with threads, as the app is):
+  address space (1 GiB: numpy and torch import fine under it), size of any file it writes (50 MiB: past it a write
+  fails with EFBIG), CPU seconds (timeout + 5, a backstop if the wall-clock kill failed), no core dumps, and the
+  number of processes. RLIMIT_NPROC counts *all* processes and threads of the user, not of the run: on Linux the
+  launcher counts the user's current tasks and allows ``max_new_processes`` more, which stops a fork bomb from
+  this run after that many (the user's other programs are not limited); it is not set elsewhere (the count is not
+  cheap to get), and it does nothing at all for root, whom the kernel exempts.
+
+Not a security boundary: the program can still read any file the user can, and use the network. It protects
+against accidents of junk code (infinite loops, runaway output, fork loops, huge allocations), not against an
+adversary.
+
+Windows: no rlimits and no setsid escape hunting. The program gets CREATE_NEW_PROCESS_GROUP, and is stopped with
+``taskkill /F /T`` (the whole tree of processes it started, as far as Windows still records their parents); the
+timeout, the output bound and the minimal environment apply as everywhere.
+
+Missing third-party modules are reported (``RunResult.missing_modules``), never installed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import shutil
+import signal
+import site
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from collections.abc import Callable
+from typing import IO
+
+from src.errors import ProgramStartError, ProjectFileNotFoundError
+from src.workflows.company.code_extraction import safe_relative_path
+
+logger = logging.getLogger(__name__)
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+DEFAULT_TIMEOUT_S = 10.0
+DEFAULT_MAX_OUTPUT_BYTES = 64 * KiB  # plenty for a model to read back; more would only fill its context
+_TAIL_BYTES = 4 * KiB  # of each stream, kept past the budget: tracebacks come last
+_READ_CHUNK = 64 * KiB
+_KILL_GRACE_S = 3.0  # after SIGKILL: how long to wait for the group to be gone and the pipes to close
+
+RUN_ID_VARIABLE = "HEARTH_RUN_ID"
+_IS_WINDOWS = os.name == "nt"
+_IS_LINUX = sys.platform.startswith("linux")
+
+# Never forwarded even when a caller passes them in ``env``: Hearth's own secrets and anything named like a secret.
+_SECRET_NAME_RE = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL|PRIVATE_KEY|ACCESS_KEY)", re.I)
+_MISSING_MODULE_RE = re.compile(r"(?:ModuleNotFoundError|ImportError): No module named '([^']+)'")
+TRACEBACK_MARKER = "Traceback (most recent call last)"
+
+
+@dataclass(frozen=True)
+class ResourceLimits:
+    """POSIX limits of a run (None: not set). See the module docstring for what each one does and doesn't do."""
+
+    address_space_bytes: int | None = 1 * GiB
+    file_size_bytes: int | None = 50 * MiB
+    cpu_seconds: int | None = None  # None: the timeout rounded up, plus 5
+    max_new_processes: int | None = 64  # Linux only, on top of the user's current tasks; ignored for root
+    core_dumps: bool = False
+
+
+@dataclass(frozen=True)
+class RunResult:
+    exit_code: int | None  # negative: killed by that signal (POSIX); None: it could not be waited for
+    stdout: str
+    stderr: str
+    timed_out: bool
+    duration_s: float
+    truncated: bool  # some output was dropped (see max_output_bytes)
+    traceback: bool  # stderr shows a Python traceback
+    missing_modules: list[str] = field(default_factory=list)  # from "No module named 'x'", in order, no repeats
+    pid: int | None = None  # also the process group id on POSIX
+
+    @property
+    def crashed(self) -> bool:
+        """It failed by itself. A program stopped at the timeout without a traceback did not crash: a game or a GUI
+        waits for the user forever, and "ran for 10 s without crashing" is the best test there is for it."""
+        if self.timed_out:
+            return self.traceback
+        return self.exit_code != 0 or self.traceback
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.traceback and not self.timed_out
+
+    @property
+    def ran_without_crashing_s(self) -> float | None:
+        """Seconds a program that was still running at the timeout ran without crashing; None otherwise."""
+        return round(self.duration_s, 1) if self.timed_out and not self.crashed else None
+
+    def summary(self) -> str:
+        if self.timed_out:
+            if self.crashed:
+                text = f"crashed (traceback) and was stopped at the {self.duration_s:.1f} s timeout"
+            else:
+                text = f"ran without crashing for {self.duration_s:.1f} s (stopped at the timeout)"
+        elif self.ok:
+            text = f"exited normally in {self.duration_s:.1f} s"
+        elif self.exit_code is not None and self.exit_code < 0:
+            text = f"was killed by {_signal_name(-self.exit_code)} after {self.duration_s:.1f} s"
+        else:
+            text = f"failed with exit code {self.exit_code} after {self.duration_s:.1f} s"
+            if self.traceback:
+                text += " (traceback)"
+        if self.missing_modules:
+            text += f"; missing modules: {', '.join(self.missing_modules)}"
+        if self.truncated:
+            text += "; output truncated"
+        return "The program " + text + "."
+
+
+def run_program(
+    project: Path,
+    entry: str = "main.py",
+    *,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    stdin: str | None = None,
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+    env: dict[str, str] | None = None,
+    python: str | None = None,
+    limits: ResourceLimits | None = None,
+) -> RunResult:
+    """Run ``python entry`` in ``project`` and return what happened; returns once every process of the run is dead.
+
+    ``env`` adds variables to the minimal environment (secret-looking names are dropped with a warning).
+    ``python`` defaults to the app's own interpreter (``sys.executable``), so the packages of its environment are
+    available. Raises :class:`ProjectFileNotFoundError` when ``entry`` is not a file of the project (or its name is
+    unsafe: :class:`UnsafePathError`), and :class:`ProgramStartError` when the interpreter can't be started.
+    """
+    try:
+        project = Path(project).resolve(strict=True)
+    except OSError as exc:
+        raise ProjectFileNotFoundError(str(entry), str(project)) from exc
+    relative_entry = safe_relative_path(entry)
+    entry_path = (project / relative_entry).resolve()
+    if not entry_path.is_relative_to(project) or not entry_path.is_file():
+        raise ProjectFileNotFoundError(str(relative_entry), str(project))
+    interpreter = python or sys.executable
+    limits = limits or ResourceLimits()
+    run_id = uuid.uuid4().hex
+    home = Path(tempfile.mkdtemp(prefix="hearth-run-home-"))
+    child_env = _child_environment(home, run_id, env)
+    command = [interpreter, str(relative_entry)]
+    if not _IS_WINDOWS:
+        command = [interpreter, "-c", _LAUNCHER, *_limit_arguments(limits, timeout_s), "--", *command]
+
+    stdout_capture = _StreamCapture(max_output_bytes)
+    stderr_capture = _StreamCapture(max_output_bytes)
+    try:
+        started = time.monotonic()
+        try:
+            process = subprocess.Popen(
+                command,
+                cwd=project,
+                env=child_env,
+                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                close_fds=True,
+                **_group_options(),
+            )
+        except OSError as exc:
+            raise ProgramStartError(f"{interpreter} {relative_entry}", exc.strerror or str(exc)) from exc
+        logger.info("Running %s in %s (pid %d, timeout %g s)", relative_entry, project, process.pid, timeout_s)
+        threads = [
+            _start_thread(stdout_capture.consume, process.stdout, "stdout"),
+            _start_thread(stderr_capture.consume, process.stderr, "stderr"),
+        ]
+        if stdin is not None:
+            threads.append(_start_thread(_feed, process.stdin, "stdin", stdin.encode("utf-8")))
+
+        timed_out = False
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            duration_s = time.monotonic() - started  # how long it ran, not how long cleaning up took
+            # Also when it exited by itself: whatever it started in the background must not outlive the run.
+            _kill_tree(process, run_id)
+        exit_code = _reap(process)
+
+        deadline = time.monotonic() + _KILL_GRACE_S
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if any(thread.is_alive() for thread in threads):
+            # Only a process that escaped every kill can still hold the pipes; its output is not waited for.
+            logger.warning("Run %s: output pipes still open after the kill; keeping what was read", run_id)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+    stdout_text = stdout_capture.text()
+    stderr_text = stderr_capture.text()
+    result = RunResult(
+        exit_code=exit_code,
+        stdout=stdout_text,
+        stderr=stderr_text,
+        timed_out=timed_out,
+        duration_s=duration_s,
+        truncated=stdout_capture.truncated or stderr_capture.truncated,
+        traceback=TRACEBACK_MARKER in stderr_text,
+        missing_modules=parse_missing_modules(stderr_text),
+        pid=process.pid,
+    )
+    logger.info("Run of %s in %s: %s", relative_entry, project, result.summary())
+    return result
+
+
+def parse_missing_modules(stderr: str) -> list[str]:
+    """Module names from "No module named 'x'" errors, in order of appearance, without repeats."""
+    return list(dict.fromkeys(_MISSING_MODULE_RE.findall(stderr)))
+
+
+# --- environment -----------------------------------------------------------------------------------------------
+
+
+def _child_environment(home: Path, run_id: str, extra: dict[str, str] | None) -> dict[str, str]:
+    environment = {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "LANG": os.environ.get("LANG") or "C.UTF-8",
+        "HOME": str(home),
+        "TMPDIR": str(home),
+        "PYTHONIOENCODING": "utf-8",
+        "PYTHONUTF8": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",  # no __pycache__ in the project's file list
+        "PYTHONUNBUFFERED": "1",  # what it printed before a kill is what it printed, not what it buffered
+        "PYTHONUSERBASE": site.getuserbase(),
+        RUN_ID_VARIABLE: run_id,
+    }
+    if _IS_WINDOWS:
+        # Python can't even start on Windows without SYSTEMROOT; the rest is where Windows programs look for things.
+        for name in ("SYSTEMROOT", "WINDIR", "COMSPEC", "PATHEXT", "SYSTEMDRIVE", "NUMBER_OF_PROCESSORS"):
+            if name in os.environ:
+                environment[name] = os.environ[name]
+        environment.update({"USERPROFILE": str(home), "TEMP": str(home), "TMP": str(home)})
+    elif "DISPLAY" in os.environ or "WAYLAND_DISPLAY" in os.environ:
+        # So that a generated GUI (tkinter, pygame) can open its window and be judged "ran without crashing".
+        for name in ("DISPLAY", "WAYLAND_DISPLAY", "XDG_RUNTIME_DIR", "XAUTHORITY"):
+            if name in os.environ:
+                environment[name] = os.environ[name]
+    for name, value in (extra or {}).items():
+        if _SECRET_NAME_RE.search(name):
+            logger.warning("Not passing %s to a generated program: it looks like a secret", name)
+            continue
+        environment[name] = value
+    return environment
+
+
+# --- limits (POSIX) ----------------------------------------------------------------------------------------------
+
+# Runs in the child before the program: set the limits, then become the program (same pid, same process group).
+# Kept free of imports beyond the standard library, since it runs under whichever interpreter was asked for.
+_LAUNCHER = r"""
+import os, resource, sys
+args = sys.argv[1:]
+split = args.index("--")
+program = args[split + 1:]
+for item in args[:split]:
+    name, value = item.split("=", 1)
+    value = int(value)
+    if name == "NPROC_EXTRA":
+        uid = os.getuid()
+        if uid == 0:
+            continue
+        tasks = 0
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open("/proc/" + pid + "/status") as status:
+                    fields = dict(line.split(":", 1) for line in status if ":" in line)
+            except OSError:
+                continue
+            if int(fields.get("Uid", "-1").split()[0]) == uid:
+                tasks += int(fields.get("Threads", "1").strip() or 1)
+        name, value = "NPROC", tasks + value
+    limit = getattr(resource, "RLIMIT_" + name, None)
+    if limit is None:
+        continue
+    old_soft, old_hard = resource.getrlimit(limit)
+    # CPU: the soft limit sends SIGXCPU, the hard one a second later SIGKILL. Others: both, so it can't raise them.
+    soft, hard = value, value + 1 if name == "CPU" else value
+    if old_hard != resource.RLIM_INFINITY:
+        soft, hard = min(soft, old_hard), min(hard, old_hard)
+    try:
+        resource.setrlimit(limit, (soft, hard))
+    except (ValueError, OSError) as exc:
+        sys.stderr.write("hearth launcher: could not limit %s: %s\n" % (name, exc))
+os.execvp(program[0], program)
+"""
+
+
+def _limit_arguments(limits: ResourceLimits, timeout_s: float) -> list[str]:
+    arguments: list[str] = []
+    if limits.address_space_bytes is not None:
+        arguments.append(f"AS={int(limits.address_space_bytes)}")
+    if limits.file_size_bytes is not None:
+        arguments.append(f"FSIZE={int(limits.file_size_bytes)}")
+    cpu = limits.cpu_seconds if limits.cpu_seconds is not None else math.ceil(timeout_s) + 5
+    arguments.append(f"CPU={int(cpu)}")  # soft limit: SIGXCPU; the hard limit one second later: SIGKILL
+    if not limits.core_dumps:
+        arguments.append("CORE=0")
+    if limits.max_new_processes is not None and _IS_LINUX:
+        arguments.append(f"NPROC_EXTRA={int(limits.max_new_processes)}")
+    return arguments
+
+
+# --- process control -----------------------------------------------------------------------------------------
+
+
+def _group_options() -> dict[str, object]:
+    if _IS_WINDOWS:
+        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+    return {"start_new_session": True}
+
+
+def _kill_tree(process: subprocess.Popen[bytes], run_id: str) -> None:
+    if _IS_WINDOWS:
+        try:
+            subprocess.run(
+                ["taskkill", "/F", "/T", "/PID", str(process.pid)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                check=False,
+                timeout=_KILL_GRACE_S * 3,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            logger.warning("taskkill failed for process %d: %s", process.pid, exc)
+        if process.poll() is None:
+            process.kill()
+        return
+    pgid = process.pid  # start_new_session made the child the leader of a group with its own pid
+    # Twice a short while apart: a process forking at the moment of the first kill may add a member after it.
+    for _ in range(2):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            break
+        except PermissionError:  # a member changed its user id (setuid program); nothing more we can do
+            logger.warning("Could not kill every process of group %d", pgid)
+            break
+        time.sleep(0.05)
+    hunted = _kill_marked(run_id) if _IS_LINUX else set()
+    # Orphaned members are reaped by init, not by us; waiting a little for that lets callers see a clean state
+    # (instant under systemd; some minimal container inits reap only every second or so).
+    deadline = time.monotonic() + _KILL_GRACE_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None and _is_gone(pgid, group=True) and all(_is_gone(pid) for pid in hunted):
+            return
+        time.sleep(0.02)
+    logger.warning("Processes of group %d still exist %g s after SIGKILL (zombies awaiting init?)", pgid, _KILL_GRACE_S)
+
+
+def _is_gone(pid: int, *, group: bool = False) -> bool:
+    try:
+        (os.killpg if group else os.kill)(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _kill_marked(run_id: str) -> set[int]:
+    """Kill processes of this run that left its process group (setsid, daemons): they carry its marker.
+
+    Returns their pids. Dead processes (zombies) show an empty environment, so only live ones are found.
+    """
+    marker = f"{RUN_ID_VARIABLE}={run_id}".encode()
+    own_pid = os.getpid()
+    killed: set[int] = set()
+    for _ in range(5):  # a daemon may fork again while being hunted
+        found = False
+        for name in os.listdir("/proc"):
+            if not name.isdigit() or int(name) == own_pid:
+                continue
+            try:
+                with open(f"/proc/{name}/environ", "rb") as handle:
+                    environment = handle.read()
+            except OSError:
+                continue
+            if marker in environment.split(b"\0"):
+                found = True
+                try:
+                    os.kill(int(name), signal.SIGKILL)
+                    killed.add(int(name))
+                    logger.info("Killed process %s of run %s that had left its process group", name, run_id)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        if not found:
+            break
+        time.sleep(0.05)
+    return killed
+
+
+def _reap(process: subprocess.Popen[bytes]) -> int | None:
+    try:
+        return process.wait(timeout=_KILL_GRACE_S)
+    except subprocess.TimeoutExpired:  # SIGKILL can't be ignored; only an uninterruptible kernel wait gets here
+        logger.error("Process %d did not die after SIGKILL", process.pid)
+        return None
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+# --- output --------------------------------------------------------------------------------------------------
+
+
+class _StreamCapture:
+    """The first ``limit`` bytes of a stream; past it, only a short tail (the end of a traceback) is kept."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(0, limit)
+        self.tail_limit = min(_TAIL_BYTES, self.limit // 4)
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.dropped = 0  # bytes neither in head nor in tail
+        self._lock = threading.Lock()
+
+    @property
+    def truncated(self) -> bool:
+        return bool(self.tail) or self.dropped > 0  # anything past the head costs some of the head (see text)
+
+    def consume(self, stream: IO[bytes]) -> None:
+        fd = stream.fileno()
+        try:
+            while True:
+                chunk = os.read(fd, _READ_CHUNK)
+                if not chunk:
+                    return
+                with self._lock:
+                    self._add(chunk)
+        except OSError:
+            return  # the pipe was closed under us
+        finally:
+            stream.close()
+
+    def _add(self, chunk: bytes) -> None:
+        room = self.limit - len(self.head)
+        if room > 0:
+            self.head += chunk[:room]
+            chunk = chunk[room:]
+        if not chunk:
+            return
+        self.tail += chunk
+        overflow = len(self.tail) - self.tail_limit
+        if overflow > 0:
+            del self.tail[:overflow]
+            self.dropped += overflow
+
+    def text(self) -> str:
+        with self._lock:
+            if not self.truncated:
+                return bytes(self.head).decode("utf-8", errors="replace")
+            # Past the budget: give up the end of the head so that head + marker + tail still fits in the limit.
+            # The marker's width is bounded (20 digits), so the count it shows can be exact.
+            marker_room = len(f"\n[... {10**20:,} bytes of output not kept ...]\n")
+            keep = max(0, self.limit - len(self.tail) - marker_room)
+            marker = f"\n[... {self.dropped + len(self.head) - keep:,} bytes of output not kept ...]\n".encode()
+            data = bytes(self.head[:keep]) + marker + bytes(self.tail)
+            return data.decode("utf-8", errors="replace")
+
+
+def _feed(stream: IO[bytes], data: bytes) -> None:
+    try:
+        stream.write(data)
+        stream.flush()
+    except (BrokenPipeError, OSError):
+        pass  # the program exited (or closed stdin) without reading everything: its business
+    finally:
+        try:
+            stream.close()
+        except OSError:
+            pass
+
+
+def _start_thread(
+    target: Callable[..., None], stream: IO[bytes] | None, label: str, *args: object
+) -> threading.Thread:
+    # Daemon threads: a pipe held open by a process that escaped every kill must not keep the app from exiting.
+    thread = threading.Thread(target=target, args=(stream, *args), name=f"hearth-run-{label}", daemon=True)
+    thread.start()
+    return thread

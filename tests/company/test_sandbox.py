@@ -1,0 +1,379 @@
+"""Running generated programs: real subprocesses, real signals, real limits. Timeouts are short to keep the suite fast;
+no assertion on time is tighter than "within the timeout + 5 s"."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from src.errors import ProgramStartError, ProjectFileNotFoundError, UnsafePathError
+from src.workflows.company.sandbox import ResourceLimits, RunResult, parse_missing_modules, run_program
+
+posix_only = pytest.mark.skipif(os.name != "posix", reason="process groups, signals and rlimits are POSIX")
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+MiB = 1024 * 1024
+
+
+def make_project(folder: Path, source: str, name: str = "main.py") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(textwrap.dedent(source))
+    return folder
+
+
+def is_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def group_is_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def zombie_children() -> list[int]:
+    """Children of this test process that exited but were never waited for."""
+    zombies = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            status = Path(f"/proc/{name}/status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if int(fields["PPid"]) == os.getpid() and fields["State"].strip().startswith("Z"):
+            zombies.append(int(name))
+    return zombies
+
+
+# --- outcomes ----------------------------------------------------------------------------------------------------
+
+
+def test_normal_program(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p", "import sys\nprint('hello from', sys.argv[0])\nprint('héllo ✓')\n")
+    result = run_program(project)
+    assert isinstance(result, RunResult)
+    assert (result.exit_code, result.ok, result.crashed, result.timed_out) == (0, True, False, False)
+    assert result.stdout == "hello from main.py\nhéllo ✓\n"
+    assert result.stderr == "" and not result.truncated and not result.traceback
+    assert result.summary().startswith("The program exited normally")
+
+
+def test_runs_in_the_project_folder_with_its_local_modules(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p", "import os, helper\nprint(os.getcwd(), helper.VALUE)\n")
+    (project / "helper.py").write_text("VALUE = 42\n")
+    result = run_program(project)
+    assert result.stdout.split() == [str(project.resolve()), "42"]
+    assert not (project / "__pycache__").exists()
+
+
+def test_exit_code_one(tmp_path: Path) -> None:
+    result = run_program(make_project(tmp_path / "p", "import sys\nprint('bye')\nsys.exit(1)\n"))
+    assert (result.exit_code, result.ok, result.crashed, result.traceback) == (1, False, True, False)
+    assert "exit code 1" in result.summary()
+
+
+def test_traceback(tmp_path: Path) -> None:
+    result = run_program(make_project(tmp_path / "p", "def f():\n    raise ValueError('boom')\nf()\n"))
+    assert result.exit_code == 1 and result.traceback and result.crashed and not result.ok
+    assert "ValueError: boom" in result.stderr
+    assert "(traceback)" in result.summary()
+
+
+def test_a_traceback_with_exit_code_zero_is_not_ok(tmp_path: Path) -> None:
+    source = "import traceback\ntry:\n    1 / 0\nexcept ZeroDivisionError:\n    traceback.print_exc()\n"
+    result = run_program(make_project(tmp_path / "p", source))
+    assert result.exit_code == 0 and result.traceback and not result.ok
+
+
+def test_missing_modules_are_reported_not_installed(tmp_path: Path) -> None:
+    source = """
+        try:
+            import hearth_surely_missing_module
+        except ImportError as exc:
+            import sys
+            print(f"ModuleNotFoundError: {exc}", file=sys.stderr)
+        import pygame_hearth_test_missing.sprite
+    """
+    result = run_program(make_project(tmp_path / "p", source))
+    assert result.missing_modules == ["hearth_surely_missing_module", "pygame_hearth_test_missing"]
+    assert result.traceback and result.crashed
+    assert "missing modules: hearth_surely_missing_module, pygame_hearth_test_missing" in result.summary()
+    assert list((tmp_path / "p").iterdir()) == [tmp_path / "p" / "main.py"]  # nothing was installed into it
+
+
+def test_parse_missing_modules() -> None:
+    stderr = (
+        "ModuleNotFoundError: No module named 'numpy'\n"
+        "ImportError: No module named 'foo.bar'\n"
+        "ModuleNotFoundError: No module named 'numpy'\n"
+    )
+    assert parse_missing_modules(stderr) == ["numpy", "foo.bar"]
+
+
+def test_stdin_scripted_input(tmp_path: Path) -> None:
+    source = "a = int(input('first? '))\nb = int(input('second? '))\nprint('sum', a + b)\n"
+    result = run_program(make_project(tmp_path / "p", source), stdin="3\n4\n")
+    assert result.ok and result.stdout.endswith("sum 7\n")
+
+
+def test_without_stdin_input_gets_end_of_file(tmp_path: Path) -> None:
+    result = run_program(make_project(tmp_path / "p", "input('name? ')\n"), timeout_s=5)
+    assert not result.timed_out and "EOFError" in result.stderr
+
+
+def test_missing_entry_and_unsafe_entry(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p", "print(1)\n")
+    with pytest.raises(ProjectFileNotFoundError):
+        run_program(project, "game.py")
+    with pytest.raises(UnsafePathError):
+        run_program(project, "../outside.py")
+    with pytest.raises(ProjectFileNotFoundError):
+        run_program(tmp_path / "no-such-project")
+
+
+def test_interpreter_that_does_not_exist(tmp_path: Path) -> None:
+    with pytest.raises(ProgramStartError):
+        run_program(make_project(tmp_path / "p", "print(1)\n"), python=str(tmp_path / "no-python"))
+
+
+# --- timeouts and process groups ---------------------------------------------------------------------------------
+
+
+@posix_only
+def test_infinite_loop_is_killed_at_the_timeout(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p", "print('started', flush=True)\nwhile True:\n    pass\n")
+    started = time.monotonic()
+    result = run_program(project, timeout_s=1.5)
+    assert time.monotonic() - started < 1.5 + 5
+    assert result.timed_out and not result.ok and not result.crashed
+    assert result.exit_code == -9 and result.stdout == "started\n"
+    assert result.ran_without_crashing_s is not None and result.ran_without_crashing_s >= 1.4
+    assert "ran without crashing for" in result.summary()
+    assert result.pid is not None
+    with pytest.raises(ProcessLookupError):
+        os.killpg(result.pid, 0)
+
+
+@posix_only
+def test_a_crash_before_the_timeout_is_still_a_crash(tmp_path: Path) -> None:
+    # A GUI whose event handler raised: the traceback is printed and the window stays open.
+    source = """
+        import threading, time
+        def handler():
+            raise RuntimeError("button handler failed")
+        threading.Thread(target=handler).start()
+        time.sleep(1000)
+    """
+    result = run_program(make_project(tmp_path / "p", source), timeout_s=1.5)
+    assert result.timed_out and result.traceback and result.crashed
+    assert result.ran_without_crashing_s is None
+    assert "RuntimeError: button handler failed" in result.stderr
+
+
+@posix_only
+@pytest.mark.parametrize("main_waits", [True, False], ids=["main-sleeps", "main-exits"])
+def test_forked_children_are_all_killed(tmp_path: Path, main_waits: bool) -> None:
+    source = f"""
+        import os, subprocess, sys, time
+        pids = []
+        for _ in range(3):
+            pid = os.fork()
+            if pid == 0:
+                if os.fork() == 0:  # a grandchild too
+                    time.sleep(1000)
+                time.sleep(1000)
+            pids.append(pid)
+        pids.append(subprocess.Popen(["sleep", "1000"]).pid)
+        print(" ".join(map(str, pids)), flush=True)
+        if {main_waits}:
+            time.sleep(1000)
+    """
+    started = time.monotonic()
+    result = run_program(make_project(tmp_path / "p", source), timeout_s=2)
+    assert time.monotonic() - started < 2 + 5
+    assert result.timed_out == main_waits
+    children = [int(pid) for pid in result.stdout.split()]
+    assert len(children) == 4
+    assert all(is_gone(pid) for pid in children)
+    assert result.pid is not None and group_is_gone(result.pid)
+
+
+@linux_only
+def test_a_child_that_leaves_the_process_group_is_killed_too(tmp_path: Path) -> None:
+    source = """
+        import os, time
+        if os.fork() == 0:
+            os.setsid()  # what a daemon does: killpg on the run's group no longer reaches it
+            print(os.getpid(), flush=True)
+            time.sleep(1000)
+        time.sleep(1000)
+    """
+    result = run_program(make_project(tmp_path / "p", source), timeout_s=1.5)
+    escaped = int(result.stdout.split()[0])
+    assert is_gone(escaped)
+
+
+@linux_only
+def test_no_zombies_are_left(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p", "import os\nos.fork()\nprint('x')\n")
+    run_program(project, timeout_s=5)
+    run_program(make_project(tmp_path / "q", "while True: pass\n"), timeout_s=0.5)
+    assert zombie_children() == []
+
+
+# --- output ----------------------------------------------------------------------------------------------------
+
+
+def _rss_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@linux_only
+def test_hundred_megabytes_of_output_is_truncated_without_filling_memory(tmp_path: Path) -> None:
+    source = """
+        import sys
+        line = b"x" * 1023 + b"\\n"
+        chunk = line * 1024  # 1 MiB
+        for _ in range(100):
+            sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.write(b"THE END\\n")
+    """
+    project = make_project(tmp_path / "p", source)
+    baseline = _rss_bytes()
+    peak = baseline
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _rss_bytes())
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    started = time.monotonic()
+    try:
+        result = run_program(project, timeout_s=20, max_output_bytes=64 * 1024)
+    finally:
+        done.set()
+        sampler.join()
+    assert time.monotonic() - started < 20
+    assert result.exit_code == 0 and not result.timed_out and result.truncated
+    assert len(result.stdout.encode()) <= 64 * 1024
+    assert result.stdout.startswith("x" * 1023 + "\n")
+    assert result.stdout.endswith("THE END\n")  # the end is kept: that's where tracebacks are
+    assert "bytes of output not kept" in result.stdout
+    assert peak - baseline < 20 * MiB, f"RSS grew by {(peak - baseline) / MiB:.1f} MiB"
+    assert "output truncated" in result.summary()
+
+
+def test_traceback_after_a_lot_of_output_is_still_seen(tmp_path: Path) -> None:
+    source = "import sys\nfor i in range(20000):\n    print('debug line', i, file=sys.stderr)\nraise KeyError('late')\n"
+    result = run_program(make_project(tmp_path / "p", source), max_output_bytes=16 * 1024)
+    assert result.truncated and result.traceback and "KeyError: 'late'" in result.stderr
+    assert len(result.stderr.encode()) <= 16 * 1024
+
+
+def test_output_just_under_the_limit_is_kept_whole(tmp_path: Path) -> None:
+    source = "import sys\nsys.stdout.write('y' * 999)\n"
+    result = run_program(make_project(tmp_path / "p", source), max_output_bytes=1000)
+    assert result.stdout == "y" * 999 and not result.truncated
+
+
+# --- environment -----------------------------------------------------------------------------------------------
+
+
+def test_secrets_do_not_reach_the_program(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secrets = {
+        "HF_TOKEN": "hf_secret_for_the_test",
+        "HEARTH_API_KEY": "hearth-secret-for-the-test",
+        "OPENAI_API_KEY": "sk-secret-for-the-test",
+        "AWS_SECRET_ACCESS_KEY": "aws-secret-for-the-test",
+    }
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    project = make_project(tmp_path / "p", "import json, os\nprint(json.dumps(dict(os.environ)))\n")
+    result = run_program(project, env={"GAME_LEVEL": "3", "MY_API_KEY": "passed-by-mistake"})
+    child_env = json.loads(result.stdout)
+    for name, value in secrets.items():
+        assert name not in child_env
+        assert value not in result.stdout
+    assert "MY_API_KEY" not in child_env and "passed-by-mistake" not in result.stdout
+    assert child_env["GAME_LEVEL"] == "3"
+    assert child_env["PYTHONIOENCODING"] == "utf-8" and child_env["PYTHONDONTWRITEBYTECODE"] == "1"
+    # HOME is a throwaway folder: neither the user's home nor the project, and gone after the run.
+    assert child_env["HOME"] not in (os.path.expanduser("~"), str(project), str(project.resolve()))
+    assert not Path(child_env["HOME"]).exists()
+
+
+# --- resource limits ---------------------------------------------------------------------------------------------
+
+
+@posix_only
+def test_file_size_limit(tmp_path: Path) -> None:
+    source = """
+        chunk = b"z" * (256 * 1024)
+        try:
+            with open("big.log", "wb") as handle:
+                for _ in range(16):  # 4 MiB
+                    handle.write(chunk)
+                    handle.flush()
+        except OSError as exc:
+            print("stopped:", exc.errno)
+    """
+    project = make_project(tmp_path / "p", source)
+    result = run_program(project, limits=ResourceLimits(file_size_bytes=1 * MiB))
+    assert result.stdout.startswith("stopped: 27")  # EFBIG
+    assert (project / "big.log").stat().st_size <= 1 * MiB
+
+
+@posix_only
+def test_memory_limit(tmp_path: Path) -> None:
+    source = "block = bytearray(3 * 1024 ** 3)\nprint('allocated')\n"
+    result = run_program(make_project(tmp_path / "p", source), timeout_s=10)
+    assert "MemoryError" in result.stderr and result.crashed and "allocated" not in result.stdout
+
+
+@posix_only
+def test_limits_are_visible_to_the_program(tmp_path: Path) -> None:
+    source = """
+        import resource
+        print(resource.getrlimit(resource.RLIMIT_AS)[0], resource.getrlimit(resource.RLIMIT_FSIZE)[0],
+              resource.getrlimit(resource.RLIMIT_CPU)[0], resource.getrlimit(resource.RLIMIT_CORE)[0])
+    """
+    result = run_program(make_project(tmp_path / "p", source), timeout_s=7)
+    assert result.stdout.split() == [str(1024**3), str(50 * MiB), str(7 + 5), "0"]
+
+
+@linux_only
+@pytest.mark.skipif(os.name == "posix" and os.geteuid() == 0, reason="the kernel exempts root from RLIMIT_NPROC")
+def test_process_limit_stops_a_fork_loop(tmp_path: Path) -> None:
+    source = """
+        import os, time
+        made = 0
+        try:
+            for _ in range(200):
+                if os.fork() == 0:
+                    time.sleep(1000)
+                made += 1
+        except OSError as exc:
+            print("stopped after", made, exc.errno, flush=True)
+        time.sleep(1000)
+    """
+    result = run_program(make_project(tmp_path / "p", source), timeout_s=2, limits=ResourceLimits(max_new_processes=20))
+    assert result.stdout.startswith("stopped after")
+    assert int(result.stdout.split()[2]) <= 40
