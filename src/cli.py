@@ -70,6 +70,28 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("repo", help="owner/name on the Hugging Face Hub")
     add.add_argument("--id", dest="model_id", help="the id to use in Hearth (default: the repo name, lower case)")
     add.add_argument("--revision", default="main")
+
+    company = commands.add_parser(
+        "company",
+        help="a virtual software company of LLM agents writes a program (ChatDev-style)",
+        description="Run the agent company on TASK: its roles design, write, review, test and document a program "
+        "in WareHouse/NAME_ORG_TIMESTAMP/. Compatible with ChatDev's run.py flags; --config also takes a folder "
+        "(ChatDev's CompanyConfig folders load unchanged). `company replay LOG` prints a past run's dialogue.",
+    )
+    company.add_argument(
+        "action",
+        nargs="?",
+        choices=["replay", "memorize"],
+        help="replay: print the dialogue of a past run; memorize: learn from past runs (experience pool)",
+    )
+    company.add_argument("log", nargs="?", help="replay: the run's .log file or folder; memorize: a WareHouse folder")
+    company.add_argument("--task", help="what to build, e.g. 'a gomoku game with a restart button'")
+    company.add_argument("--name", help="the project's name (folder and file prefix)")
+    company.add_argument("--config", default="Default", help="Default, Human, AutoCoder, or a config folder path")
+    company.add_argument("--org", default="DefaultOrganization")
+    company.add_argument("--model", help="model for every role (default: the current chat model)")
+    company.add_argument("--max-turns", type=int, dest="max_turns", help="turn limit for every phase")
+    company.add_argument("--max-tokens", type=int, dest="max_tokens", help="cap on every model call (default: each phase's own)")
     return parser
 
 
@@ -80,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "models":
             return _models(args)
+        if args.command == "company":
+            return _company(args)
         if args.command is None and not args.terminal:
             from src.ui.app import run_gui
 
@@ -256,3 +280,87 @@ def _download(manager: Any, args: argparse.Namespace) -> int:
     print(f"{state.model_id} is ready ({state.repo} @ {state.commit[:10]}). Chat with it: "
           f"python main.py chat --model {state.model_id}")
     return 0
+
+
+# --- company ------------------------------------------------------------------------------------------------------
+
+
+def _company(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    if args.action == "memorize":
+        from src.workflows.company.memory import memorize
+
+        if not args.log or not Path(args.log).is_dir():
+            print("error: company memorize needs a WareHouse folder (or one run's folder)", file=sys.stderr)
+            return EXIT_USER_ERROR
+        runs, new = memorize(Path(args.log))
+        print(f"Learned {new} new experience(s) from {runs} run(s).")
+        return 0
+    if args.action == "replay":
+        from src.workflows.company.replay import replay_lines
+
+        if not args.log:
+            print("error: company replay needs the run's .log file (or its folder)", file=sys.stderr)
+            return EXIT_USER_ERROR
+        for line in replay_lines(Path(args.log)):
+            print(line)
+        return 0
+    if not args.task or not args.task.strip():
+        print("error: --task is required (what should the company build?)", file=sys.stderr)
+        return EXIT_USER_ERROR
+    import threading
+
+    from src.utils.ChatUtils import AIRequestHandlerWithHistory
+    from src.workflows.company.runner import CompanyRun
+
+    handler = AIRequestHandlerWithHistory()
+    if args.model:
+        handler.refresh_config(model_override=args.model)
+    cancel = threading.Event()
+
+    def show(event: Any) -> None:
+        if event.kind == "phase":
+            print(f"\n== {event.phase} ==", flush=True)
+        elif event.kind == "utterance":
+            print(f"[{event.role}] {event.text.strip()}\n", flush=True)
+        elif event.kind in ("notice", "test"):
+            print(f"({event.text.strip()})", file=sys.stderr, flush=True)
+
+    def ask_human(prompt: str) -> str:
+        print(prompt, flush=True)
+        try:
+            return input("reviewer> ")
+        except EOFError:
+            return "end"
+
+    name = args.name or "_".join(args.task.split()[:3]) or "project"
+    run = CompanyRun(
+        args.task.strip(),
+        name,
+        config=args.config,
+        org=args.org,
+        model=handler.model,
+        max_turns=args.max_turns,
+        max_tokens=args.max_tokens,
+        on_event=show,
+        cancel=cancel,
+        human=ask_human,
+    )
+    # The company runs in a worker so that Ctrl+C here only asks it to stop: it then finishes its log and summary.
+    outcome: dict[str, Any] = {}
+    worker = threading.Thread(target=lambda: outcome.update(result=run.run()), daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.2)
+    except KeyboardInterrupt:
+        cancel.set()
+        print("\n[stopping the company: finishing the log and summary...]", file=sys.stderr, flush=True)
+        worker.join(120)
+    result = outcome.get("result")
+    if result is None:
+        print("error: the company stopped without a result (see the log in its WareHouse folder)", file=sys.stderr)
+        return EXIT_USER_ERROR
+    print("\n" + result.summary)
+    return EXIT_INTERRUPTED if result.cancelled else 0

@@ -62,6 +62,7 @@ ENV_DTYPE = "HEARTH_DTYPE"
 ENV_API_KEY = "HEARTH_API_KEY"
 ENV_REMOTE_READ_TIMEOUT = "HEARTH_REMOTE_READ_TIMEOUT"
 ENV_MAX_NEW_TOKENS = "HEARTH_MAX_NEW_TOKENS"
+ENV_WAREHOUSE_DIR = "HEARTH_WAREHOUSE_DIR"
 
 
 def _default_data_dir() -> Path:
@@ -80,6 +81,7 @@ class Settings:
     api_key_override: str | None  # for headless machines without a keyring; never stored anywhere
     remote_read_timeout_s: float
     max_new_tokens: int  # the default reply length limit (GUI and API), HEARTH_MAX_NEW_TOKENS
+    warehouse_dir: Path  # where the agent company writes its projects
     hf_endpoint: str | None  # HF_ENDPOINT, put first in the endpoint list
     hf_token: str | None
     hub_token_hosts: tuple[str, ...]
@@ -101,6 +103,7 @@ class Settings:
             api_key_override=env.get(ENV_API_KEY) or None,
             remote_read_timeout_s=float(env.get(ENV_REMOTE_READ_TIMEOUT) or REMOTE_READ_TIMEOUT_S),
             max_new_tokens=int(env.get(ENV_MAX_NEW_TOKENS) or DEFAULT_MAX_NEW_TOKENS),
+            warehouse_dir=Path(env[ENV_WAREHOUSE_DIR]).expanduser() if env.get(ENV_WAREHOUSE_DIR) else PROJECT_ROOT / "WareHouse",
             hf_endpoint=(env.get(ENV_HF_ENDPOINT) or "").strip().rstrip("/") or None,
             hf_token=env.get(ENV_HF_TOKEN) or None,
             hub_token_hosts=tuple(

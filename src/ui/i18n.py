@@ -105,6 +105,19 @@ STRINGS: dict[str, dict[str, str]] = {
     "remove": {"en": "Remove", "zh": "移除"},
     "reset_defaults": {"en": "Restore defaults", "zh": "恢复默认"},
     "connection_ok": {"en": "✓ {detail}", "zh": "✓ 连接成功：{detail}"},
+    # agent company
+    "build_started": {"en": "The company is working on: {task}", "zh": "软件公司开始工作：{task}"},
+    "build_summary": {"en": "Project ready", "zh": "项目完成"},
+    "build_cancelled": {"en": "Stopped: the project so far is kept", "zh": "已停止：已完成的部分保留在项目中"},
+    "open_folder": {"en": "Open folder", "zh": "打开文件夹"},
+    "view_manual": {"en": "View manual", "zh": "查看手册"},
+    "no_manual": {"en": "This run wrote no manual.", "zh": "本次运行没有生成手册。"},
+    "reviewer_hint": {"en": "Your review comments (type end to finish)", "zh": "你的审查意见（输入 end 结束）"},
+    "build_usage": {
+        "en": "Usage: /build [--config Default|Human|AutoCoder] what to build",
+        "zh": "用法：/build [--config Default|Human|AutoCoder] 要构建的程序",
+    },
+    "code_change": {"en": "Code change: {path}", "zh": "代码变更：{path}"},
     "desktop_fallback": {
         "en": "The desktop window could not start ({reason}); Hearth opened in your browser instead.",
         "zh": "无法启动桌面窗口（{reason}），Hearth 已改为在浏览器中打开。",

@@ -295,3 +295,21 @@ def test_errors_are_banners_and_nothing_is_lost(hearth: Any) -> None:
     page.get_by_role("button", name="Save and use").click()
     wait_for_words(page, "No OS keyring", timeout=10)
     assert not [c for c in db.list_configs() if c.model == "other-model"]
+
+
+def test_build_command_runs_the_agent_company_in_the_chat(hearth: Any) -> None:
+    from src.settings import get_settings
+
+    page = hearth()  # HEARTH_MAX_NEW_TOKENS=24 also caps each of the company's model calls
+    send(page, "/build a program that prints hello")
+    wait_for_words(page, "The company is working on", timeout=20)
+    wait_for_words(page, "DemandAnalysis", timeout=60)
+    page.get_by_role("button", name="Stop", exact=True).wait_for(timeout=10_000)
+    wait_for_words(page, "Project ready", timeout=240)
+    page.get_by_role("button", name="View manual").wait_for(timeout=10_000)
+    save_screenshot(page, "company.png")
+    [folder] = list(get_settings().warehouse_dir.iterdir())
+    assert (folder / "meta.txt").is_file() and (folder / "events.jsonl").is_file()
+    chat = ChatStore().list_chats()[0]
+    assert [m.role for m in ChatStore().current_path(chat.id)] == ["user", "assistant"]
+    assert ChatStore().current_path(chat.id)[1].model == "agent-company"

@@ -14,6 +14,7 @@ from src.db.database import get_app_setting, set_app_setting
 from src.errors import HearthError
 from src.ui.chat.message_view import assistant_body, markdown
 from src.ui.streaming import ReplyPump
+from src.ui.workflows.company_view import CompanyBuild, parse_build_command
 from src.utils.generation import FINISH_CANCELLED, GenerationResult
 from src.utils.ModelManager import STATUS_EMBEDDED, STATUS_READY
 from src.utils.providers import PROVIDER_LOCAL, PROVIDER_OPENAI_COMPATIBLE
@@ -274,20 +275,66 @@ class ChatPage:
     # --- sending -------------------------------------------------------------------------------------------------
 
     def _update_send_button(self) -> None:
-        busy = self.reply is not None
+        # A build waiting for the reviewer's comments takes input: the button sends them.
+        busy = self.reply is not None and not getattr(self.reply, "waiting_for_human", False)
         self.send_button.content = self.tr("stop") if busy else self.tr("send")
         self.send_button.icon = ft.Icons.STOP if busy else ft.Icons.SEND
         self.send_button.disabled = not busy and not (self.input.value or "").strip()
 
     def send_or_stop(self, from_enter: bool = False) -> None:
+        text = (self.input.value or "").strip()
+        if isinstance(self.reply, CompanyBuild) and self.reply.waiting_for_human and text:
+            self.input.value = ""
+            self.reply.answer(text)
+            self._update_send_button()
+            self.app.page.update()
+            return
         if self.reply is not None:
             if not from_enter:
-                self.reply.cancel()  # stops the engine itself, not only the display
+                self.reply.cancel()  # stops the engine (or the company) itself, not only the display
             return
-        text = (self.input.value or "").strip()
         if not text:
             return
+        build = parse_build_command(text)
+        if build is not None:
+            self._start_build(*build)
+            return
         self._start(lambda chat_id: self.app.handler.get_streaming_response(chat_id, text), user_text=text)
+
+    def _start_build(self, config: str, task: str) -> None:
+        if not task:
+            self.app.show_error(self.tr("build_usage"))
+            self.app.page.update()
+            return
+        chat_id = self.chat_id or ChatStore.new_chat_id()
+        self.chats.get_or_create_chat(chat_id)
+        self.chats.add_message(chat_id, "user", (self.input.value or "").strip())
+        self.chat_id = chat_id
+        set_app_setting(LAST_CHAT_SETTING, chat_id)
+        self.input.value = ""
+        self.show_chat()
+        if self.messages.controls and isinstance(self.messages.controls[-1], ft.Row):
+            self.messages.controls.pop()  # no Regenerate/Copy under a build command
+        build = CompanyBuild(self, config, task)
+        build.chat_id = chat_id
+        self.reply = build
+        build.start()
+        self._update_send_button()
+        self.refresh_list()
+        self.app.page.update()
+
+    def _build_finished(self, build: CompanyBuild, result: Any, error: str | None) -> None:
+        self.reply = None
+        self.input.label = self.tr("message_hint")
+        self._update_send_button()
+        if error is not None:
+            self.app.show_error(error)
+            return
+        # The conversation keeps the outcome; every utterance is in the run's log (replayable).
+        self.chats.add_message(build.chat_id, "assistant", result.summary, model="agent-company")
+        if self.chat_id == build.chat_id:
+            self.messages.controls.append(build.summary_card(result))
+        self.refresh_list()
 
     def regenerate(self) -> None:
         if self.reply is None and self.chat_id:

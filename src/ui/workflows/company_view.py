@@ -1,0 +1,185 @@
+"""``/build <task>`` in the chat: the agent company's run, streamed into the conversation.
+
+Each utterance is a message with the role's name and initials, phases are headers, code changes are collapsible,
+and a summary card ends the run (folder, files, whether it ran, the manual). In Human mode the chat input becomes
+the reviewer's comments until the user types ``end``. The run happens on a worker thread; Stop cancels it.
+"""
+
+from __future__ import annotations
+
+import queue
+import shlex
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import flet as ft
+
+from src.errors import HearthError
+from src.settings import get_settings
+
+if TYPE_CHECKING:
+    from src.ui.chat.chat_page import ChatPage
+
+COMMAND = "/build"
+_AVATAR_COLORS = (ft.Colors.BLUE, ft.Colors.GREEN, ft.Colors.PURPLE, ft.Colors.ORANGE, ft.Colors.TEAL, ft.Colors.PINK)
+
+
+def parse_build_command(text: str) -> tuple[str, str] | None:
+    """``/build [--config NAME] task`` -> (config, task); None when the text is not a build command."""
+    stripped = text.strip()
+    if not stripped.lower().startswith(COMMAND):
+        return None
+    rest = stripped[len(COMMAND) :].strip()
+    config = "Default"
+    try:
+        words = shlex.split(rest)
+    except ValueError:
+        words = rest.split()
+    if len(words) >= 2 and words[0] == "--config":
+        config, words = words[1], words[2:]
+    return config, " ".join(words).strip()
+
+
+class CompanyBuild:
+    """One running (or finished) build inside the chat page."""
+
+    def __init__(self, chat: "ChatPage", config: str, task: str) -> None:
+        self.chat = chat
+        self.app = chat.app
+        self.tr = chat.tr
+        self.config = config
+        self.task = task
+        self.cancel_event = threading.Event()
+        self.human_answers: queue.Queue[str] = queue.Queue()
+        self.waiting_for_human = False
+        self.chat_id: str | None = None  # the conversation the build belongs to
+
+    # The chat page's Stop button calls this, like a reply's cancel().
+    def cancel(self) -> None:
+        self.cancel_event.set()
+        self.human_answers.put("end")
+
+    def start(self) -> None:
+        self.chat.messages.controls.append(
+            ft.Text(self.tr("build_started", task=self.task), weight=ft.FontWeight.W_600)
+        )
+        threading.Thread(target=self._run, name="hearth-company", daemon=True).start()
+
+    def answer(self, text: str) -> None:
+        """The user's reviewer comments (Human mode)."""
+        self.waiting_for_human = False
+        self.chat.input.label = self.tr("message_hint")
+        self.human_answers.put(text)
+
+    def _ask_human(self, prompt: str) -> str:
+        self.app.call_ui(self._show_human_prompt, prompt)
+        return self.human_answers.get()
+
+    def _show_human_prompt(self, prompt: str) -> None:
+        self.waiting_for_human = True
+        self.chat.messages.controls.append(self._bubble("Reviewer", prompt))
+        self.chat.input.label = self.tr("reviewer_hint")
+        self.chat._update_send_button()
+
+    def _run(self) -> None:
+        from src.workflows.company.runner import CompanyRun
+
+        name = "_".join(self.task.split()[:3]) or "project"
+        try:
+            run = CompanyRun(
+                self.task,
+                name,
+                config=self.config,
+                model=self.app.handler.model,
+                max_tokens=min(512, get_settings().max_new_tokens),
+                on_event=lambda event: self.app.call_ui(self._show_event, event),
+                cancel=self.cancel_event,
+                human=self._ask_human,
+            )
+            result = run.run()
+        except HearthError as exc:
+            self.app.call_ui(self.chat._build_finished, self, None, str(exc))
+            return
+        except Exception as exc:  # a bug: a banner, never a frozen chat
+            self.app.call_ui(self.chat._build_finished, self, None, f"{type(exc).__name__}: {exc}")
+            return
+        self.app.call_ui(self.chat._build_finished, self, result, None)
+
+    # --- rendering ---------------------------------------------------------------------------------------------
+
+    def _show_event(self, event: Any) -> None:
+        if self.chat.chat_id != self.chat_id:
+            return  # the user is looking at another conversation; the run's log keeps everything
+        controls = self.chat.messages.controls
+        if event.kind == "phase":
+            controls.append(ft.Text(f"— {event.phase} —", size=13, weight=ft.FontWeight.BOLD, color=ft.Colors.PRIMARY))
+        elif event.kind == "utterance":
+            controls.append(self._bubble(event.role, event.text))
+        elif event.kind == "code":
+            path = event.data.get("file", "")
+            controls.append(
+                ft.ExpansionTile(
+                    title=ft.Text(self.tr("code_change", path=path), size=12),
+                    controls=[ft.Text(event.text, font_family="monospace", size=11)],
+                    dense=True,
+                )
+            )
+        elif event.kind in ("notice", "test"):
+            controls.append(ft.Text(event.text, size=12, italic=True, color=ft.Colors.ON_SURFACE_VARIANT))
+
+    def _bubble(self, role: str, text: str) -> ft.Control:
+        initials = "".join(word[0] for word in role.split()[:2]).upper() or "?"
+        color = _AVATAR_COLORS[sum(map(ord, role)) % len(_AVATAR_COLORS)]
+        return ft.Row(
+            [
+                ft.CircleAvatar(content=ft.Text(initials, size=12), bgcolor=color, radius=16),
+                ft.Container(
+                    content=ft.Column([ft.Text(role, size=12, weight=ft.FontWeight.BOLD), ft.Text(text)], spacing=2),
+                    bgcolor=ft.Colors.SURFACE_CONTAINER_HIGH,
+                    border_radius=12,
+                    padding=10,
+                    expand=True,
+                ),
+            ],
+            vertical_alignment=ft.CrossAxisAlignment.START,
+        )
+
+    def summary_card(self, result: Any) -> ft.Control:
+        folder = Path(result.folder)
+        manual = folder / "manual.md"
+
+        def view_manual(e: Any) -> None:
+            text = manual.read_text(encoding="utf-8") if manual.is_file() else self.tr("no_manual")
+            self.app.page.show_dialog(
+                ft.AlertDialog(
+                    title=ft.Text(self.tr("view_manual")),
+                    content=ft.Container(ft.Markdown(text), width=640, height=420),
+                    actions=[ft.TextButton(self.tr("dismiss"), on_click=lambda e: self.app.page.pop_dialog())],
+                    scrollable=True,
+                )
+            )
+
+        async def open_folder(e: Any) -> None:
+            await ft.UrlLauncher().launch_url(folder.as_uri())
+
+        title = self.tr("build_cancelled") if result.cancelled else self.tr("build_summary")
+        return ft.Card(
+            content=ft.Container(
+                padding=16,
+                content=ft.Column(
+                    [
+                        ft.Text(title, size=16, weight=ft.FontWeight.W_600),
+                        ft.Text(result.summary),
+                        ft.Text(str(folder), size=12, color=ft.Colors.ON_SURFACE_VARIANT),
+                        ft.Row(
+                            [
+                                ft.OutlinedButton(self.tr("open_folder"), icon=ft.Icons.FOLDER_OPEN, on_click=open_folder),
+                                ft.OutlinedButton(self.tr("view_manual"), icon=ft.Icons.MENU_BOOK, on_click=view_manual),
+                            ]
+                        ),
+                    ],
+                    spacing=6,
+                ),
+            )
+        )

@@ -1,0 +1,541 @@
+"""The agent company's runner: walks a configuration's chain of phases for one task and leaves a project folder.
+
+``CompanyRun(task, name, model=...).run()`` creates ``WareHouse/<name>_<org>_<timestamp>/`` and fills it as ChatDev
+does: the generated files, ``<name>.prompt``, copies of the three configuration files used, ``meta.txt``,
+``requirements.txt``, ``manual.md`` and a ``<timestamp>.log`` with every utterance, code diff, test report and
+notice, appended as it happens so that a crash or a cancel leaves a readable log. Every step is reported to
+``on_event`` as a ``CompanyEvent``; the run always ends with a quality report (files, lines, whether the program
+runs, tests, lint and security findings) and a ``CompanyResult``, also when cancelled or when phases fail.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+from importlib.util import find_spec
+from pathlib import Path
+
+from src.errors import CompanyError, InvalidParameterError
+from src.settings import PROJECT_ROOT
+from src.utils.generation import ChatModel
+from src.settings import get_settings
+from src.workflows.company.memory import EVENTS_FILE
+from src.workflows.company.config import (
+    CONFIG_FILES,
+    CompanyConfig,
+    ComposedStep,
+    SimpleStep,
+    load_company_config,
+)
+from src.workflows.company.phases import (
+    COMPOSED_PHASES,
+    PHASES,
+    TEST_RUNNER_FILE,
+    ChatEnv,
+    CompanyEvent,
+    ComposedRule,
+    PhaseContext,
+    RunCancelled,
+    shorten,
+)
+from src.workflows.company.sandbox import RunResult, run_program
+from src.workflows.company.warehouse import ProjectFolder
+
+logger = logging.getLogger(__name__)
+
+GIT_TIMEOUT_S = 30.0
+ANALYSIS_TIMEOUT_S = 120.0  # ruff and bandit on a small project take a second; this only catches a hang
+GUI_SENTENCE = "The software should have a graphical user interface, made with a standard GUI toolkit."
+
+__all__ = ["CompanyEvent", "CompanyResult", "CompanyRun"]
+
+
+@dataclass
+class CompanyResult:
+    folder: Path
+    files: list[str]
+    lines: int
+    ran_ok: bool | None  # None: never run (no main.py, cancelled)
+    run_summary: str
+    tests_passed: int
+    tests_failed: int
+    lint_findings: int  # -1: ruff unavailable
+    security_findings: int  # -1: bandit unavailable
+    model_calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    utterances: int
+    duration_s: float
+    cancelled: bool
+    summary: str  # a few human lines (also the chat summary card text)
+
+
+def safe_folder_name(text: str, default: str) -> str:
+    """Letters (any script), digits, '-' and '_' only, at most 60 characters: usable on every OS."""
+    cleaned = re.sub(r"[^\w-]+", "_", text, flags=re.UNICODE).strip("_-.")[:60].strip("_-.")
+    return cleaned or default
+
+
+DEFAULT_MAX_TOKENS = 512
+
+
+class CompanyRun:
+    def __init__(
+        self,
+        task: str,
+        name: str,
+        *,
+        config: str | Path = "Default",
+        org: str = "DefaultOrganization",
+        model: ChatModel | Callable[[str], ChatModel],
+        warehouse_root: Path | None = None,
+        max_turns: int | None = None,
+        max_tokens: int | None = None,
+        on_event: Callable[[CompanyEvent], None] | None = None,
+        cancel: threading.Event | None = None,
+        human: Callable[[str], str] | None = None,
+        run_timeout_s: float = 10.0,
+        git: bool | None = None,
+    ) -> None:
+        if not task or not task.strip():
+            raise InvalidParameterError("The company needs a task: describe the program to write.")
+        if max_tokens is not None and max_tokens < 1:
+            raise InvalidParameterError("max_tokens must be at least 1.")
+        if run_timeout_s <= 0:
+            raise InvalidParameterError("run_timeout_s must be positive.")
+        self.task = task.strip()
+        self.name = safe_folder_name(name, "project")
+        self.org = safe_folder_name(org, "DefaultOrganization")
+        # Loaded now so that a broken configuration is reported before anything runs or is written.
+        self.config: CompanyConfig = load_company_config(config)
+        self.config.unsupported_phases = _unsupported_phases(self.config)
+        if hasattr(model, "stream"):
+            single = model
+            self._resolver: Callable[[str], ChatModel] = lambda role: single  # type: ignore[assignment,return-value]
+        elif callable(model):
+            self._resolver = model
+        else:
+            raise InvalidParameterError("model must be a chat model or a function from role name to chat model.")
+        self._models: dict[str, ChatModel] = {}
+        self.warehouse_root = Path(warehouse_root) if warehouse_root is not None else get_settings().warehouse_dir
+        self.max_turns = max_turns
+        self.max_tokens = max_tokens
+        self.on_event = on_event
+        self.cancel = cancel or threading.Event()
+        self.human = human
+        self.run_timeout_s = run_timeout_s
+        self.git = self.config.chain.git_management if git is None else git
+        self._git_ok = False
+        self.folder: Path | None = None
+        self.log_path: Path | None = None
+
+    # --- plumbing ------------------------------------------------------------------------------------------
+
+    def _model_for(self, role: str) -> ChatModel:
+        if role not in self._models:
+            self._models[role] = self._resolver(role)
+        return self._models[role]
+
+    def _log(self, text: str) -> None:
+        if self.log_path is None:
+            return
+        try:
+            # Opened per entry and flushed: a crash or a cancel leaves every entry so far complete on disk.
+            with self.log_path.open("a", encoding="utf-8") as handle:
+                handle.write(text.rstrip("\n") + "\n\n")
+                handle.flush()
+        except OSError as exc:
+            logger.warning("Could not write the company log %s: %s", self.log_path, exc)
+
+    def _record(self, item: dict[str, Any]) -> None:
+        """One JSON line per event in events.jsonl: what replay and the experience pool read back."""
+        if self.folder is None:
+            return
+        try:
+            with (self.folder / EVENTS_FILE).open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"t": time.time(), **item}, ensure_ascii=False, default=str) + "\n")
+        except OSError as exc:
+            logger.warning("Could not write the company's events: %s", exc)
+
+    def _emit(self, event: CompanyEvent) -> None:
+        self._record(asdict(event))
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        if event.kind == "phase":
+            where = f" (cycle {event.data['cycle']} of {event.data['composed']})" if event.data.get("composed") else ""
+            self._log(f"[{stamp}] ===== Phase {event.phase}{where} =====")
+        elif event.kind == "utterance":
+            self._log(f"[{stamp}] [{event.phase}] turn {event.turn} | {event.role}:\n{event.text}")
+        elif event.kind == "code":
+            self._log(f"[{stamp}] [{event.phase}] Code change in {event.data.get('file')}:\n{event.text}")
+        elif event.kind == "notice":
+            self._log(f"[{stamp}] [{event.phase}] NOTICE: {event.text}")
+        elif event.kind == "test":
+            self._log(f"[{stamp}] [{event.phase}] Test report:\n{event.text}")
+        elif event.kind == "summary":
+            self._log(f"[{stamp}] ===== Summary =====\n{event.text}")
+        if self.on_event is not None:
+            try:
+                self.on_event(event)
+            except Exception:  # a broken UI callback must not end the company's run
+                logger.exception("The company's on_event callback failed on a %s event", event.kind)
+
+    def _make_folder(self) -> tuple[Path, str]:
+        stamp = time.strftime("%Y%m%d%H%M%S")
+        base = self.warehouse_root / f"{self.name}_{self.org}_{stamp}"
+        folder, counter = base, 1
+        while folder.exists():  # two runs of the same name in the same second
+            counter += 1
+            folder = base.with_name(f"{base.name}_{counter}")
+        folder.mkdir(parents=True)
+        return folder, stamp
+
+    # --- git -------------------------------------------------------------------------------------------------
+
+    def _git(self, *args: str) -> subprocess.CompletedProcess[str] | None:
+        if self.folder is None:  # only called once run() has made the folder
+            raise RuntimeError("the company run has no project folder yet")
+        command = [
+            "git", "-c", "user.name=Hearth", "-c", "user.email=hearth@localhost", "-c", "commit.gpgsign=false",
+            *args,
+        ]  # fmt: skip
+        try:
+            return subprocess.run(  # fixed argv, no shell, our own folder
+                command,
+                cwd=self.folder,
+                capture_output=True,
+                text=True,
+                timeout=GIT_TIMEOUT_S,
+                check=False,
+                env={"PATH": _path_env(), "GIT_TERMINAL_PROMPT": "0", "HOME": str(self.folder), "LANG": "C.UTF-8"},
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            logger.warning("git %s failed: %s", args[0], exc)
+            return None
+
+    def _git_init(self, ctx: PhaseContext) -> None:
+        if not self.git:
+            return
+        if shutil.which("git") is None:
+            ctx.notice("Git", "Git mode is on but git is not installed; the project has no version history.")
+            return
+        done = self._git("init", "-q")
+        self._git_ok = done is not None and done.returncode == 0
+        if not self._git_ok:
+            ctx.notice("Git", f"git init failed: {done.stderr.strip() if done else 'could not run git'}")
+
+    def _commit(self, ctx: PhaseContext, message: str) -> None:
+        if not self._git_ok:
+            return
+        added = self._git("add", "-A")
+        done = self._git("commit", "-q", "--allow-empty", "-m", message) if added and added.returncode == 0 else None
+        if done is None or done.returncode != 0:
+            ctx.notice("Git", f"git commit {message!r} failed: {done.stderr.strip() if done else 'git add failed'}")
+        else:
+            self._log(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] git commit: {message}")
+
+    # --- files of the run ------------------------------------------------------------------------------------
+
+    def _write_own(self, project: ProjectFolder, name: str, content: str | bytes) -> None:
+        try:
+            project.write_file(name, content)
+        except CompanyError as exc:
+            logger.warning("Could not write %s: %s", name, exc)
+
+    def _meta(self, env: ChatEnv, ctx: PhaseContext, quality: dict[str, str] | None) -> str:
+        chain = self.config.chain
+        options = {
+            "clear_structure": chain.clear_structure, "gui_design": chain.gui_design, "git_management": self.git,
+            "web_spider": chain.web_spider, "self_improve": chain.self_improve,
+            "incremental_develop": chain.incremental_develop, "with_memory": chain.with_memory,
+        }  # fmt: skip
+        sections = [
+            ("Task", self.task),
+            ("Config", "\n".join([f"Name: {self.config.name}", f"Folder: {self.config.folder}"]
+                                 + [f"ChatEnvConfig.{key}: {value}" for key, value in options.items()])),
+            ("Roster", ", ".join(chain.recruitments)),
+            ("Modality", env.modality),
+            ("Ideas", env.ideas),
+            ("Language", env.language),
+            ("Code_Version", f"{float(ctx.code_version):.1f}"),
+            ("Proposed_images", "0"),
+            ("Incorporated_images", "0"),
+        ]  # fmt: skip
+        sections += list((quality or {}).items())
+        return "".join(f"{key}:\n{value}\n\n" for key, value in sections)
+
+    # --- the run ---------------------------------------------------------------------------------------------
+
+    def run(self) -> CompanyResult:
+        started = time.monotonic()
+        folder, stamp = self._make_folder()
+        self.folder = folder
+        self.log_path = folder / f"{stamp}.log"
+        self._record({"kind": "task", "text": self.task, "data": {"config": str(self.config.name)}})
+        project = ProjectFolder(folder)
+        prompt_file = f"{self.name}.prompt"
+        reserved = {prompt_file, "meta.txt", self.log_path.name, TEST_RUNNER_FILE, EVENTS_FILE, *CONFIG_FILES}
+        env = ChatEnv(
+            task=self.task,
+            background_prompt=self.config.chain.background_prompt,
+            gui=GUI_SENTENCE if self.config.chain.gui_design else "",
+        )
+        ctx = PhaseContext(
+            config=self.config,
+            env=env,
+            project=project,
+            model_for_role=self._model_for,
+            emit=self._emit,
+            cancel=self.cancel,
+            # Without an explicit limit each step uses its configured max_tokens (else 512); an explicit limit
+            # (--max-tokens, the GUI's reply length) caps every step, since the user asked for shorter calls.
+            max_tokens=self.max_tokens or DEFAULT_MAX_TOKENS,
+            cap_tokens=self.max_tokens is not None,
+            max_turns=self.max_turns,
+            run_timeout_s=self.run_timeout_s,
+            human=self.human,
+            reserved=reserved,
+        )
+        self._log(
+            f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] Hearth agent company: task {self.task!r}, config "
+            f"{self.config.name} ({self.config.folder}), inherited files: {', '.join(self.config.inherited_files) or 'none'}"
+        )
+        self._write_own(project, prompt_file, self.task + "\n")
+        for file_name, source in self.config.sources.items():
+            try:
+                self._write_own(project, file_name, source.read_bytes())
+            except OSError as exc:
+                ctx.notice("Setup", f"Could not copy {file_name}: {exc}")
+        self._write_own(project, "meta.txt", self._meta(env, ctx, None))
+        if self.config.chain.with_memory:
+            from src.workflows.company.memory import ExperiencePool
+
+            ctx.lessons = ExperiencePool().prompt_for(self.task)
+            ctx.notice("Setup", "Experience pool: " + (f"{ctx.lessons.count(chr(10) + '- ')+1} lesson(s) added" if ctx.lessons else "nothing similar yet"))
+        self._git_init(ctx)
+
+        cancelled = False
+        try:
+            self._run_chain(ctx)
+        except RunCancelled:
+            cancelled = True
+        except Exception as exc:  # a bug in the runner itself: still finish with a report
+            logger.exception("The company run failed")
+            ctx.notice("Run", f"The run stopped on an unexpected error: {exc}")
+        cancelled = cancelled or self.cancel.is_set()
+        if cancelled:
+            ctx.notice("Run", "The run was cancelled; the project folder holds what was done so far.")
+        return self._finish(ctx, project, started, cancelled)
+
+    def _run_chain(self, ctx: PhaseContext) -> None:
+        unsupported = set(self.config.unsupported_phases)
+        for step in self.config.chain.chain:
+            ctx.check_cancel()
+            if step.phase in unsupported:
+                ctx.notice(step.phase, f"The phase {step.phase} is not supported by Hearth (no phase class); skipped.")
+                continue
+            if isinstance(step, ComposedStep):
+                self._run_composed(ctx, step, unsupported)
+            else:
+                self._run_simple(ctx, step)
+                if step.phase == "Coding":
+                    self._commit(ctx, "Finish Coding")
+
+    def _run_composed(self, ctx: PhaseContext, step: ComposedStep, unsupported: set[str]) -> None:
+        rule = COMPOSED_PHASES.get(step.phase, ComposedRule())  # unknown composed phase: all cycle_num cycles
+        for cycle in range(1, step.cycle_num + 1):
+            ctx.check_cancel()
+            ctx.refresh_codes()
+            if rule.stop_before_cycle(ctx):
+                break
+            stop = False
+            for inner in step.composition:
+                if inner.phase in unsupported:
+                    ctx.notice(inner.phase, f"The phase {inner.phase} is not supported by Hearth; skipped.")
+                    continue
+                self._run_simple(ctx, inner, composed=step.phase, cycle=cycle)
+                if rule.stop_after_phase(ctx, inner.phase):
+                    stop = True
+                    break
+            if step.phase == "CodeReview":
+                self._commit(ctx, f"Review #{cycle} Finished")
+            elif step.phase == "Test":
+                self._commit(ctx, f"Test #{cycle} Finished")
+            if stop:
+                break
+
+    def _run_simple(self, ctx: PhaseContext, step: SimpleStep, *, composed: str = "", cycle: int = 0) -> None:
+        ctx.check_cancel()
+        ctx.refresh_codes()
+        self._emit(CompanyEvent("phase", phase=step.phase, data={"composed": composed, "cycle": cycle}))
+        spec = self.config.phases[step.phase]
+        phase = PHASES[step.phase](spec, step)
+        try:
+            outcome = phase.execute(ctx)
+        except RunCancelled:
+            raise
+        except Exception as exc:  # one phase failing (a model error, a bug) must not end the company's run
+            logger.exception("Phase %s failed", step.phase)
+            ctx.notice(step.phase, f"The phase failed and was skipped: {exc}")
+            return
+        if outcome.skipped and not outcome.replies:
+            logger.info("Phase %s had nothing to do", step.phase)
+
+    # --- the end ---------------------------------------------------------------------------------------------
+
+    def _finish(self, ctx: PhaseContext, project: ProjectFolder, started: float, cancelled: bool) -> CompanyResult:
+        if self.folder is None:  # only called once run() has made the folder
+            raise RuntimeError("the company run has no project folder yet")
+        ctx.refresh_codes()
+        files = sorted(ctx.env.codes)
+        lines = sum(len(text.splitlines()) for text in ctx.env.codes.values())
+        result: RunResult | None = ctx.last_run
+        if result is None and not cancelled and "main.py" in files:
+            try:
+                result = run_program(project.root, "main.py", timeout_s=self.run_timeout_s, stdin="")
+                ctx.last_run = result
+                self._emit(CompanyEvent("test", phase="Quality", text=result.summary(), data={"ok": result.ok}))
+            except CompanyError as exc:
+                ctx.notice("Quality", str(exc))
+        if result is not None:
+            ran_ok: bool | None = not result.crashed
+            run_summary = result.summary()
+        else:
+            ran_ok = None
+            run_summary = "Not run: " + ("the run was cancelled." if cancelled else "there is no main.py.")
+        has_python = any(name.endswith(".py") for name in files)
+        lint = _ruff_findings(ctx, project.root) if has_python else 0
+        security = _bandit_findings(ctx, project.root) if has_python else 0
+        duration = time.monotonic() - started
+        stats = ctx.stats
+        quality = {
+            "Quality_Files": f"{len(files)} ({', '.join(files)})" if files else "0",
+            "Quality_Lines": str(lines),
+            "Quality_Ran": ("yes" if ran_ok else "no" if ran_ok is False else "not run") + f" - {run_summary}",
+            "Quality_Tests": f"{ctx.tests_passed} passed, {ctx.tests_failed} failed",
+            "Quality_Lint_Findings": str(lint) if lint >= 0 else "ruff unavailable",
+            "Quality_Security_Findings": str(security) if security >= 0 else "bandit unavailable",
+            "Model_Calls": str(stats.model_calls),
+            "Tokens": f"{stats.prompt_tokens} prompt, {stats.completion_tokens} completion",
+            "Utterances": str(stats.utterances),
+            "Duration": f"{duration:.1f} s",
+            "Cancelled": str(cancelled),
+        }
+        self._write_own(project, "meta.txt", self._meta(ctx.env, ctx, quality))
+        if self._git_ok:
+            self._commit(ctx, "Final Version")
+        relative = self.folder.name
+        summary_lines = [
+            f"{'Cancelled: ' if cancelled else ''}{self.name}: {len(files)} file(s), {lines} line(s) in {relative}",
+            f"Run: {run_summary}",
+            (
+                f"Tests: {ctx.tests_passed} passed, {ctx.tests_failed} failed. Lint findings: "
+                f"{lint if lint >= 0 else 'n/a'}. Security findings: {security if security >= 0 else 'n/a'}."
+            ),
+            (
+                f"Model: {stats.model_calls} call(s), {stats.prompt_tokens} + {stats.completion_tokens} tokens, "
+                f"{stats.utterances} utterance(s), {duration:.1f} s."
+            ),
+        ]
+        summary = "\n".join(summary_lines)
+        company_result = CompanyResult(
+            folder=self.folder,
+            files=files,
+            lines=lines,
+            ran_ok=ran_ok,
+            run_summary=run_summary,
+            tests_passed=ctx.tests_passed,
+            tests_failed=ctx.tests_failed,
+            lint_findings=lint,
+            security_findings=security,
+            model_calls=stats.model_calls,
+            prompt_tokens=stats.prompt_tokens,
+            completion_tokens=stats.completion_tokens,
+            utterances=stats.utterances,
+            duration_s=duration,
+            cancelled=cancelled,
+            summary=summary,
+        )
+        self._log("Statistics:\n" + "\n".join(f"{key}: {value}" for key, value in quality.items()))
+        self._emit(CompanyEvent("summary", text=summary, data={"folder": str(self.folder), **quality}))
+        logger.info("Company run finished in %s: %s", self.folder, shorten(summary, 500))
+        return company_result
+
+
+def _unsupported_phases(config: CompanyConfig) -> list[str]:
+    """Phases to skip, in chain order: simple phases without a class, and composed phases none of whose inner
+    phases can run (ChatDev's Art). A composed phase we have no rule for but whose phases we know runs its
+    cycle_num cycles, which is why this is computed here rather than by the loader's known_phase_classes."""
+    unsupported: list[str] = []
+
+    def mark(name: str) -> None:
+        if name not in unsupported:
+            unsupported.append(name)
+
+    for step in config.chain.chain:
+        if isinstance(step, ComposedStep):
+            missing = [inner.phase for inner in step.composition if inner.phase not in PHASES]
+            if step.phase not in COMPOSED_PHASES and len(missing) == len(step.composition):
+                mark(step.phase)
+            for name in missing:
+                mark(name)
+        elif step.phase not in PHASES:
+            mark(step.phase)
+    return unsupported
+
+
+def _path_env() -> str:
+    return os.environ.get("PATH", os.defpath)
+
+
+def _analysis(ctx: PhaseContext, module: str, args: list[str], folder: Path) -> str | None:
+    """stdout of ``python -m module args`` run on the project (static analysis only: nothing of it executes)."""
+    if find_spec(module) is None:
+        ctx.notice("Quality", f"{module} is not installed; its findings are not counted.")
+        return None
+    try:
+        done = subprocess.run(  # fixed argv, no shell
+            [sys.executable, "-m", module, *args],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=ANALYSIS_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        ctx.notice("Quality", f"{module} could not check the project: {exc}")
+        return None
+    return done.stdout
+
+
+def _ruff_findings(ctx: PhaseContext, folder: Path) -> int:
+    # --isolated: the project's own rules, not those of a pyproject.toml the WareHouse happens to sit under.
+    out = _analysis(ctx, "ruff", ["check", "--isolated", "--output-format", "json", "--no-cache", "."], folder)
+    if out is None:
+        return -1
+    try:
+        return len(json.loads(out or "[]"))
+    except ValueError:
+        ctx.notice("Quality", "ruff's report could not be read.")
+        return -1
+
+
+def _bandit_findings(ctx: PhaseContext, folder: Path) -> int:
+    # B101 (assert) is skipped: pytest tests are made of asserts, which are not a security problem there.
+    out = _analysis(ctx, "bandit", ["-r", "-f", "json", "-q", "--skip", "B101", "-x", "./.git", "."], folder)
+    if out is None:
+        return -1
+    try:
+        return len(json.loads(out).get("results", []))
+    except (ValueError, AttributeError):
+        ctx.notice("Quality", "bandit's report could not be read.")
+        return -1

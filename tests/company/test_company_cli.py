@@ -1,0 +1,50 @@
+"""The agent company from the command line on the real embedded model (small limits), then replay and memorize."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from src.settings import PROJECT_ROOT, get_settings
+
+
+def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "main.py"), "company", *args],
+        capture_output=True, text=True, timeout=timeout, env=os.environ,
+    )
+
+
+def test_a_real_run_with_the_embedded_model_leaves_a_complete_folder() -> None:
+    result = cli("--task", "a program that prints hello world", "--name", "Hello", "--max-turns", "1", "--max-tokens", "48")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    [folder] = list(get_settings().warehouse_dir.iterdir())
+    assert folder.name.startswith("Hello_DefaultOrganization_")
+    names = {p.name for p in folder.iterdir()}
+    assert {"Hello.prompt", "meta.txt", "ChatChainConfig.json", "PhaseConfig.json", "RoleConfig.json", "events.jsonl"} <= names
+    assert any(name.endswith(".log") for name in names)
+    meta = (folder / "meta.txt").read_text()
+    assert "Task:" in meta and "a program that prints hello world" in meta and "Config:" in meta
+    log = next(folder.glob("*.log")).read_text()
+    assert "Programmer" in log and "Summary" in log
+    assert "== DemandAnalysis ==" in result.stdout and "[Chief" in result.stdout
+
+    replay = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "main.py"), "company", "replay", str(next(folder.glob("*.log")))],
+        capture_output=True, text=True, env=os.environ,
+    )
+    assert replay.returncode == 0 and "Task: a program that prints hello world" in replay.stdout
+    assert "== Coding ==" in replay.stdout
+    memorized = cli("memorize", str(get_settings().warehouse_dir))
+    assert memorized.returncode == 0 and "from 1 run(s)" in memorized.stdout
+
+
+def test_cli_errors_are_one_line() -> None:
+    for args, message in [((), "--task is required"), (("--task", "x", "--config", "NoSuchConfig"), "NoSuchConfig"),
+                          (("replay", "/nonexistent/run.log"), "No company run found")]:
+        result = cli(*args, timeout=60)
+        assert result.returncode == 1, (args, result.stderr)
+        assert message in result.stderr and "Traceback" not in result.stderr
