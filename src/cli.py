@@ -348,16 +348,24 @@ def _company(args: argparse.Namespace) -> int:
         human=ask_human,
     )
     # The company runs in a worker so that Ctrl+C here only asks it to stop: it then finishes its log and summary.
+    # Waiting on an Event, not Thread.join: a join interrupted by Ctrl+C can leave the thread looking finished.
     outcome: dict[str, Any] = {}
-    worker = threading.Thread(target=lambda: outcome.update(result=run.run()), daemon=True)
-    worker.start()
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            outcome["result"] = run.run()
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="hearth-company", daemon=True).start()
     try:
-        while worker.is_alive():
-            worker.join(0.2)
+        while not done.wait(0.2):
+            pass
     except KeyboardInterrupt:
         cancel.set()
         print("\n[stopping the company: finishing the log and summary...]", file=sys.stderr, flush=True)
-        worker.join(120)
+        done.wait(120)
     result = outcome.get("result")
     if result is None:
         print("error: the company stopped without a result (see the log in its WareHouse folder)", file=sys.stderr)

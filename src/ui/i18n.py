@@ -114,8 +114,8 @@ STRINGS: dict[str, dict[str, str]] = {
     "no_manual": {"en": "This run wrote no manual.", "zh": "本次运行没有生成手册。"},
     "reviewer_hint": {"en": "Your review comments (type end to finish)", "zh": "你的审查意见（输入 end 结束）"},
     "build_usage": {
-        "en": "Usage: /build [--config Default|Human|AutoCoder] what to build",
-        "zh": "用法：/build [--config Default|Human|AutoCoder] 要构建的程序",
+        "en": "Usage: /build [--config Default|Human|AutoCoder] what to build  (and /replay RUN_FOLDER to replay a run)",
+        "zh": "用法：/build [--config Default|Human|AutoCoder] 要构建的程序（/replay 运行文件夹 可回放一次运行）",
     },
     "code_change": {"en": "Code change: {path}", "zh": "代码变更：{path}"},
     "desktop_fallback": {

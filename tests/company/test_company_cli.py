@@ -48,3 +48,30 @@ def test_cli_errors_are_one_line() -> None:
         result = cli(*args, timeout=60)
         assert result.returncode == 1, (args, result.stderr)
         assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_ctrl_c_stops_the_company_and_leaves_a_consistent_folder() -> None:
+    import signal
+    import time
+
+    process = subprocess.Popen(
+        [sys.executable, str(PROJECT_ROOT / "main.py"), "company", "--task", "a snake game", "--name", "Snake",
+         "--max-turns", "1", "--max-tokens", "200"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ,
+    )
+    try:
+        assert process.stdout is not None
+        seen = ""
+        deadline = time.monotonic() + 120
+        while "== LanguageChoose ==" not in seen and time.monotonic() < deadline:
+            seen += process.stdout.readline()
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err[-2000:]
+    assert "stopping the company" in err and "Traceback" not in err
+    [folder] = list(get_settings().warehouse_dir.iterdir())
+    events = (folder / "events.jsonl").read_text().splitlines()
+    assert '"kind": "summary"' in events[-1], "the run ended with its summary"
+    assert "The run was cancelled" in next(folder.glob("*.log")).read_text()

@@ -313,3 +313,20 @@ def test_build_command_runs_the_agent_company_in_the_chat(hearth: Any) -> None:
     chat = ChatStore().list_chats()[0]
     assert [m.role for m in ChatStore().current_path(chat.id)] == ["user", "assistant"]
     assert ChatStore().current_path(chat.id)[1].model == "agent-company"
+
+    # A past run replays in a chat view.
+    page.get_by_role("button", name="New chat").click()
+    wait_for_text(page, "Ask anything")
+    send(page, f"/replay {folder}")
+    wait_for_words(page, "DemandAnalysis", timeout=20)
+    wait_for_words(page, "Chief Executive Officer", timeout=10)
+
+
+def test_build_in_human_mode_takes_the_reviewers_comments_from_the_chat(hearth: Any) -> None:
+    page = hearth()
+    send(page, "/build --config Human a program that prints hello")
+    reviewer = "Your review comments (type end to finish)"
+    page.get_by_role("textbox", name=reviewer, exact=True).wait_for(timeout=240_000)
+    type_into(page, reviewer, "end")
+    press_enter(page)
+    wait_for_words(page, "Project ready", timeout=240)

@@ -14,7 +14,7 @@ from src.db.database import get_app_setting, set_app_setting
 from src.errors import HearthError
 from src.ui.chat.message_view import assistant_body, markdown
 from src.ui.streaming import ReplyPump
-from src.ui.workflows.company_view import CompanyBuild, parse_build_command
+from src.ui.workflows.company_view import CompanyBuild, parse_build_command, parse_replay_command, render_event
 from src.utils.generation import FINISH_CANCELLED, GenerationResult
 from src.utils.ModelManager import STATUS_EMBEDDED, STATUS_READY
 from src.utils.providers import PROVIDER_LOCAL, PROVIDER_OPENAI_COMPATIBLE
@@ -299,6 +299,10 @@ class ChatPage:
         if build is not None:
             self._start_build(*build)
             return
+        replay = parse_replay_command(text)
+        if replay is not None:
+            self._replay(replay)
+            return
         self._start(lambda chat_id: self.app.handler.get_streaming_response(chat_id, text), user_text=text)
 
     def _start_build(self, config: str, task: str) -> None:
@@ -321,6 +325,23 @@ class ChatPage:
         build.start()
         self._update_send_button()
         self.refresh_list()
+        self.app.page.update()
+
+    def _replay(self, path_text: str) -> None:
+        """Show a past company run's dialogue here (from its events.jsonl); nothing is added to the conversation."""
+        from pathlib import Path
+
+        from src.workflows.company.replay import load_events
+
+        try:
+            events = load_events(Path(path_text).expanduser())
+        except HearthError as exc:
+            self.app.show_error(str(exc))
+            self.app.page.update()
+            return
+        self.input.value = ""
+        self.messages.controls = [c for c in (render_event(self.tr, e) for e in events) if c is not None]
+        self._update_send_button()
         self.app.page.update()
 
     def _build_finished(self, build: CompanyBuild, result: Any, error: str | None) -> None:

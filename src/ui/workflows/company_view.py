@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from src.ui.chat.chat_page import ChatPage
 
 COMMAND = "/build"
+REPLAY_COMMAND = "/replay"
 _AVATAR_COLORS = (ft.Colors.BLUE, ft.Colors.GREEN, ft.Colors.PURPLE, ft.Colors.ORANGE, ft.Colors.TEAL, ft.Colors.PINK)
 
 
@@ -39,6 +40,58 @@ def parse_build_command(text: str) -> tuple[str, str] | None:
     if len(words) >= 2 and words[0] == "--config":
         config, words = words[1], words[2:]
     return config, " ".join(words).strip()
+
+
+def _field(event: Any, name: str, default: Any = "") -> Any:
+    """Events come live (CompanyEvent) or from a run's events.jsonl (dicts) when replayed."""
+    return event.get(name, default) if isinstance(event, dict) else getattr(event, name, default)
+
+
+def agent_bubble(role: str, text: str) -> ft.Control:
+    """An agent's message: its initials in a colored avatar (the same color for the same role), name and text."""
+    initials = "".join(word[0] for word in role.split()[:2]).upper() or "?"
+    color = _AVATAR_COLORS[sum(map(ord, role)) % len(_AVATAR_COLORS)]
+    return ft.Row(
+        [
+            ft.CircleAvatar(content=ft.Text(initials, size=12), bgcolor=color, radius=16),
+            ft.Container(
+                content=ft.Column([ft.Text(role, size=12, weight=ft.FontWeight.BOLD), ft.Text(text)], spacing=2),
+                bgcolor=ft.Colors.SURFACE_CONTAINER_HIGH,
+                border_radius=12,
+                padding=10,
+                expand=True,
+            ),
+        ],
+        vertical_alignment=ft.CrossAxisAlignment.START,
+    )
+
+
+def render_event(tr: Any, event: Any) -> ft.Control | None:
+    kind, text = _field(event, "kind"), _field(event, "text") or ""
+    if kind == "phase":
+        return ft.Text(f"— {_field(event, 'phase')} —", size=13, weight=ft.FontWeight.BOLD, color=ft.Colors.PRIMARY)
+    if kind == "utterance":
+        return agent_bubble(_field(event, "role") or "?", text)
+    if kind == "code":
+        path = (_field(event, "data", {}) or {}).get("file", "")
+        return ft.ExpansionTile(
+            title=ft.Text(tr("code_change", path=path), size=12),
+            controls=[ft.Text(text, font_family="monospace", size=11)],
+            dense=True,
+        )
+    if kind in ("notice", "test", "summary"):
+        return ft.Text(text, size=12, italic=kind != "summary", color=ft.Colors.ON_SURFACE_VARIANT)
+    if kind == "task":
+        return ft.Text(tr("build_started", task=text), weight=ft.FontWeight.W_600)
+    return None
+
+
+def parse_replay_command(text: str) -> str | None:
+    """``/replay PATH`` -> the path of a past run (its folder or log); None for other text."""
+    stripped = text.strip()
+    if not stripped.lower().startswith(REPLAY_COMMAND):
+        return None
+    return stripped[len(REPLAY_COMMAND) :].strip().strip('"')
 
 
 class CompanyBuild:
@@ -111,39 +164,12 @@ class CompanyBuild:
     def _show_event(self, event: Any) -> None:
         if self.chat.chat_id != self.chat_id:
             return  # the user is looking at another conversation; the run's log keeps everything
-        controls = self.chat.messages.controls
-        if event.kind == "phase":
-            controls.append(ft.Text(f"— {event.phase} —", size=13, weight=ft.FontWeight.BOLD, color=ft.Colors.PRIMARY))
-        elif event.kind == "utterance":
-            controls.append(self._bubble(event.role, event.text))
-        elif event.kind == "code":
-            path = event.data.get("file", "")
-            controls.append(
-                ft.ExpansionTile(
-                    title=ft.Text(self.tr("code_change", path=path), size=12),
-                    controls=[ft.Text(event.text, font_family="monospace", size=11)],
-                    dense=True,
-                )
-            )
-        elif event.kind in ("notice", "test"):
-            controls.append(ft.Text(event.text, size=12, italic=True, color=ft.Colors.ON_SURFACE_VARIANT))
+        control = render_event(self.tr, event)
+        if control is not None:
+            self.chat.messages.controls.append(control)
 
     def _bubble(self, role: str, text: str) -> ft.Control:
-        initials = "".join(word[0] for word in role.split()[:2]).upper() or "?"
-        color = _AVATAR_COLORS[sum(map(ord, role)) % len(_AVATAR_COLORS)]
-        return ft.Row(
-            [
-                ft.CircleAvatar(content=ft.Text(initials, size=12), bgcolor=color, radius=16),
-                ft.Container(
-                    content=ft.Column([ft.Text(role, size=12, weight=ft.FontWeight.BOLD), ft.Text(text)], spacing=2),
-                    bgcolor=ft.Colors.SURFACE_CONTAINER_HIGH,
-                    border_radius=12,
-                    padding=10,
-                    expand=True,
-                ),
-            ],
-            vertical_alignment=ft.CrossAxisAlignment.START,
-        )
+        return agent_bubble(role, text)
 
     def summary_card(self, result: Any) -> ft.Control:
         folder = Path(result.folder)
