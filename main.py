@@ -1,10 +1,17 @@
 #!/usr/bin/env python3
 """Hearth's entry point. No arguments: the app's window (or the app in the browser where no window can open).
-See --help for --web, --terminal and the chat and models commands."""
+See --help for --web, --terminal and the chat, models and company commands."""
 
 import sys
 
 from src.cli import main
 
+
+def open_gui(*, web: bool, port: int) -> int:
+    from src.ui.app import run_gui  # only here: the core and the CLI never import the GUI
+
+    return run_gui(web=web, port=port)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(open_gui=open_gui))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from src.errors import HearthError
@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, open_gui: Callable[..., int] | None = None) -> int:
+    """``open_gui(web=..., port=...)`` is given by main.py: the CLI itself never imports the GUI (src.ui)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
@@ -104,10 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _models(args)
         if args.command == "company":
             return _company(args)
-        if args.command is None and not args.terminal:
-            from src.ui.app import run_gui
-
-            return run_gui(web=args.web, port=args.port)
+        if args.command is None and not args.terminal and open_gui is not None:
+            return open_gui(web=args.web, port=args.port)
         return _chat(args)
     except HearthError as exc:
         print(f"error: {exc}", file=sys.stderr)
