@@ -195,6 +195,17 @@ class HearthApp:
     def notify(self, message: str) -> None:
         self.page.show_dialog(ft.SnackBar(ft.Text(message)))
 
+    def use_local_model(self, model_id: str) -> None:
+        """Make ``model_id`` the current model, reusing its saved configuration if there is one."""
+        from src.utils.providers import PROVIDER_LOCAL
+
+        existing = next(
+            (c for c in self.configs.list_configs() if c.provider == PROVIDER_LOCAL and c.model == model_id), None
+        )
+        config_id = existing.id if existing else self.configs.save_config(provider=PROVIDER_LOCAL, model=model_id)
+        self.configs.set_current_config(config_id)
+        self.config_changed()
+
     def config_changed(self) -> None:
         """The current LLM configuration changed (settings or the chat's model picker)."""
         self.handler.refresh_config()

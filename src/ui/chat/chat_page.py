@@ -152,18 +152,11 @@ class ChatPage:
 
     def _pick_model(self, e: Any) -> None:
         kind, _, value = (self.model_picker.value or "").partition(":")
-        configs = self.app.configs
         if kind == "local":
-            existing = next(
-                (c for c in configs.list_configs() if c.provider == PROVIDER_LOCAL and c.model == value), None
-            )
-            config_id = existing.id if existing else configs.save_config(provider=PROVIDER_LOCAL, model=value)
+            self.app.use_local_model(value)
         elif kind == "config":
-            config_id = int(value)
-        else:
-            return
-        configs.set_current_config(config_id)
-        self.app.config_changed()
+            self.app.configs.set_current_config(int(value))
+            self.app.config_changed()
 
     # --- conversations -------------------------------------------------------------------------------------------
 

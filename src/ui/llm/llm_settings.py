@@ -280,13 +280,9 @@ class SettingsPage:
         )
 
     def use_local(self, model_id: str) -> None:
-        configs = self.app.configs
-        existing = next((c for c in configs.list_configs() if c.provider == PROVIDER_LOCAL and c.model == model_id), None)
-        config_id = existing.id if existing else configs.save_config(PROVIDER_LOCAL, model_id)
-        configs.set_current_config(config_id)
+        self.app.use_local_model(model_id)
         self.provider.value = PROVIDER_LOCAL
         self._show_provider()
-        self.app.config_changed()
         self.refresh_models()
         self.app.notify(self.tr("saved", model=model_id))
         self.app.page.update()

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from src.settings import get_settings
+from src.utils.downloader import write_atomically
 from src.workflows.company.context import BM25, tokenize
 
 logger = logging.getLogger(__name__)
@@ -58,9 +58,8 @@ class ExperiencePool:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        temp = self.path.with_name(self.path.name + ".tmp")
-        temp.write_text(json.dumps([asdict(e) for e in self.experiences], ensure_ascii=False, indent=1), encoding="utf-8")
-        os.replace(temp, self.path)
+        data = json.dumps([asdict(e) for e in self.experiences], ensure_ascii=False, indent=1).encode("utf-8")
+        write_atomically(self.path, data)
 
     def add(self, experiences: list[Experience]) -> int:
         """Add the ones not already there (same problem and fix); returns how many were new."""
