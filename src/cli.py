@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     company.add_argument("--org", default="DefaultOrganization")
     company.add_argument("--model", help="model for every role (default: the current chat model)")
     company.add_argument("--max-turns", type=int, dest="max_turns", help="turn limit for every phase")
+    company.add_argument(
+        "--path",
+        dest="base_folder",
+        help="incremental development: improve the program in this folder (copied; the original is not changed)",
+    )
     company.add_argument("--max-tokens", type=int, dest="max_tokens", help="cap on every model call (default: each phase's own)")
     return parser
 
@@ -345,6 +350,7 @@ def _company(args: argparse.Namespace) -> int:
         on_event=show,
         cancel=cancel,
         human=ask_human,
+        base_folder=args.base_folder,
     )
     # The company runs in a worker so that Ctrl+C here only asks it to stop: it then finishes its log and summary.
     # Waiting on an Event, not Thread.join: a join interrupted by Ctrl+C can leave the thread looking finished.

@@ -319,3 +319,67 @@ class UnknownCompanyRoleError(CompanyConfigError, LookupError):
             f"{used_by} needs the role {role!r}, which {role_file} does not define. "
             f"Defined roles: {', '.join(known) or 'none'}. Add the role to RoleConfig.json or fix the name."
         )
+
+
+# --- evolution simulation ----------------------------------------------------------------------------------------
+
+
+class EvolutionConfigError(HearthError, ValueError):
+    """A setting of the evolution simulation (environment, .env file or option) has a value that cannot be used."""
+
+    def __init__(self, variable: str, value: object, expected: str) -> None:
+        self.variable, self.value, self.expected = variable, value, expected
+        super().__init__(
+            f"The evolution setting {variable}={_shown_name(value)} is not valid: {expected}. "
+            "Fix it in the environment, the .env file or the command-line option."
+        )
+
+
+class AdapterMismatchError(HearthError, ValueError):
+    """Two adapters cannot be crossed: their weights differ in names, shapes or dtypes."""
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        super().__init__(
+            f"The two adapters cannot be combined: {detail}. Parents must come from the same base model with the "
+            "same LoRA rank and target modules."
+        )
+
+
+class WorldLayoutError(HearthError, ValueError):
+    """A hand-written or saved grid world cannot be built."""
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        super().__init__(f"The grid world cannot be built: {detail}.")
+
+
+# --- evolution: LoRA agent population ----------------------------------------------------------------------------
+
+
+class AdapterError(HearthError):
+    """An agent's LoRA adapter cannot be used as asked."""
+
+
+class UnknownAdapterError(AdapterError, LookupError):
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        shown = ", ".join(known[:5]) + (f", ... ({len(known)} in all)" if len(known) > 5 else "")
+        super().__init__(f"There is no agent adapter named {name!r}. Adapters: {shown or 'none'}.")
+
+
+class AdapterStateMismatchError(AdapterError, ValueError):
+    def __init__(self, name: str, detail: str) -> None:
+        self.name = name
+        super().__init__(
+            f"The weights given for adapter {name!r} do not fit it ({detail}). They must come from an adapter with "
+            "the same base model, rank and target modules."
+        )
+
+
+class ExportedAdapterError(AdapterError):
+    def __init__(self, folder: str, detail: str) -> None:
+        self.folder = folder
+        super().__init__(
+            f"{folder} is not an exported agent adapter ({detail}). Export one with `export best` from an evolution run."
+        )

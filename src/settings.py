@@ -63,6 +63,7 @@ ENV_API_KEY = "HEARTH_API_KEY"
 ENV_REMOTE_READ_TIMEOUT = "HEARTH_REMOTE_READ_TIMEOUT"
 ENV_MAX_NEW_TOKENS = "HEARTH_MAX_NEW_TOKENS"
 ENV_WAREHOUSE_DIR = "HEARTH_WAREHOUSE_DIR"
+ENV_EVOLUTION_DIR = "HEARTH_EVOLUTION_DIR"
 
 
 def _default_data_dir() -> Path:
@@ -82,6 +83,7 @@ class Settings:
     remote_read_timeout_s: float
     max_new_tokens: int  # the default reply length limit (GUI and API), HEARTH_MAX_NEW_TOKENS
     warehouse_dir: Path  # where the agent company writes its projects
+    evolution_dir: Path  # one folder per evolution run (metrics, plots, checkpoints, exported adapters)
     hf_endpoint: str | None  # HF_ENDPOINT, put first in the endpoint list
     hf_token: str | None
     hub_token_hosts: tuple[str, ...]
@@ -104,6 +106,7 @@ class Settings:
             remote_read_timeout_s=float(env.get(ENV_REMOTE_READ_TIMEOUT) or REMOTE_READ_TIMEOUT_S),
             max_new_tokens=int(env.get(ENV_MAX_NEW_TOKENS) or DEFAULT_MAX_NEW_TOKENS),
             warehouse_dir=Path(env[ENV_WAREHOUSE_DIR]).expanduser() if env.get(ENV_WAREHOUSE_DIR) else PROJECT_ROOT / "WareHouse",
+            evolution_dir=Path(env[ENV_EVOLUTION_DIR]).expanduser() if env.get(ENV_EVOLUTION_DIR) else data_dir / "evolution",
             hf_endpoint=(env.get(ENV_HF_ENDPOINT) or "").strip().rstrip("/") or None,
             hf_token=env.get(ENV_HF_TOKEN) or None,
             hub_token_hosts=tuple(

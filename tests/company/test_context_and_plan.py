@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from src.workflows.company.context import chunk_python, estimate_tokens, select_context, tokenize
@@ -95,3 +97,24 @@ def test_bad_plans_are_rejected(tasks: list[PlanTask], message: str) -> None:
 def test_unusable_replies_are_clear_errors(reply: str) -> None:
     with pytest.raises(PlanError):
         parse_plan(reply)
+
+
+# --- junk from small models --------------------------------------------------------------------------------------
+
+# "1+1+1..." deep enough that ast.parse raises RecursionError, and "------1" that makes it raise MemoryError.
+DEEP_SUM = "x = 1" + "+1" * 200_000 + "\n"
+DEEP_MINUS = "x = " + "-" * 200_000 + "1\n"
+
+
+def test_source_the_parser_cannot_handle_is_one_chunk_not_an_error() -> None:
+    for source in (DEEP_SUM, DEEP_MINUS, "x = 1\0\n"):
+        chunks = chunk_python("junk.py", source)
+        assert [c.kind for c in chunks] == ["module"]
+        assert select_context({"junk.py": source, "main.py": "print(1)\n"}, "print", 50) is not None
+
+
+def test_a_plan_with_junk_dependencies_is_a_plan_error() -> None:
+    for depends in (3, True, {"a": 1}):
+        plan = json.dumps([{"name": "a", "description": "x", "depends_on": depends}])
+        with pytest.raises(PlanError, match="depends_on"):
+            parse_plan(plan)

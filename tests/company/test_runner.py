@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from src.errors import InvalidParameterError
 from src.utils.generation import (
     FINISH_CANCELLED,
     FINISH_STOP,
@@ -581,3 +582,173 @@ def test_models_are_chosen_by_role(tmp_path: Path) -> None:
     assert others.phases_called() == ["DemandAnalysis"]
     assert all("You are the Programmer" in messages[0].content for _, messages, _ in programmer.calls)
     assert result.ran_ok is True
+
+
+# --- review fixes: junk that must not end the chain, stale runs, commits per task, cycles used up ----------------
+
+
+def composed(phase: str, cycles: int, *inner: dict[str, object]) -> dict[str, object]:
+    return {"phase": phase, "phaseType": "ComposedPhase", "cycleNum": cycles, "Composition": list(inner)}
+
+
+def autocoder_chain(folder: Path, chain: list[dict[str, object]]) -> Path:
+    """A config folder with its own chain and AutoCoder's phases and roles."""
+    write_chain(folder, chain, recruitments=["Planner", "Developer", "Tester"])
+    for name in ("PhaseConfig.json", "RoleConfig.json"):
+        shutil.copy(REPO / "assets" / "company" / "AutoCoder" / name, folder / name)
+    return folder
+
+
+def git_history(folder: Path) -> list[str]:
+    return subprocess.run(
+        ["git", "log", "--format=%s"], cwd=folder, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+
+
+def test_code_the_python_parser_chokes_on_does_not_end_the_chain(tmp_path: Path) -> None:
+    # ast.parse raises RecursionError on this: the CodeCompleteAll check and the {codes} context must survive it.
+    junk = "x = 1" + "+1" * 200_000
+    reply = f'main.py\n```python\nprint("hello")\n```\njunk.py\n```python\n{junk}\n```\n<INFO> Finished'
+    fake = PhaseScriptedFakeModel({"Coding": reply})
+    result, events = start(fake, tmp_path)
+    assert phase_starts(events)[3:] == ["CodeReviewComment", "TestErrorSummary", "EnvironmentDoc", "Manual"]
+    assert not any("unexpected error" in text or "phase failed" in text for text in notices(events))
+    assert result.ran_ok is True and (result.folder / "manual.md").exists()
+
+
+def test_the_quality_report_runs_the_code_changed_after_the_last_test_run(tmp_path: Path) -> None:
+    crashing = 'main.py\n```python\nraise RuntimeError("boom")\n```\n<INFO> Finished'
+    config = write_chain(
+        tmp_path / "cfg",
+        [simple("Coding"), composed("Test", 1, simple("TestErrorSummary"), simple("TestModification"))],
+    )
+    fake = PhaseScriptedFakeModel({"Coding": crashing})  # TestModification's default reply fixes it
+    result, events = start(fake, tmp_path, config=config)
+    assert fake.phases_called() == ["Coding", "TestErrorSummary", "TestModification"]
+    assert result.ran_ok is True and "exited normally" in result.run_summary
+    assert "Quality_Ran:\nyes" in (result.folder / "meta.txt").read_text()
+    assert any(e.phase == "Test" and "1 test cycle(s)" in e.text for e in events if e.kind == "notice")
+
+
+def test_developing_reports_the_tasks_its_cycles_did_not_reach(tmp_path: Path) -> None:
+    config = autocoder_chain(
+        tmp_path / "cfg", [simple("Planning"), composed("Developing", 1, simple("Implementing"))]
+    )
+    fake = PhaseScriptedFakeModel({"Planning": f"```json\n{PLAN}\n```\n<INFO> main.py, util.py", "Implementing": implementing})
+    _, events = start(fake, tmp_path, config=config)
+    assert len(fake.prompts("Implementing")) == 1
+    assert any(
+        e.phase == "Developing" and "1 task(s) of the plan were not developed in 1 cycle(s): entry" in e.text
+        for e in events
+        if e.kind == "notice"
+    )
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_autocoder_commits_every_developed_task_in_git_mode(tmp_path: Path) -> None:
+    fake = PhaseScriptedFakeModel(
+        {
+            "Planning": f"```json\n{PLAN}\n```\n<INFO> main.py, util.py",
+            "Implementing": implementing,
+            "TestWriting": TESTS_FIXED,
+        }
+    )
+    result, _ = start(fake, tmp_path, config="AutoCoder", git=True)
+    assert git_history(result.folder) == ["Final Version", "Task #2 Finished: entry", "Task #1 Finished: helpers"]
+    shown = subprocess.run(
+        ["git", "show", "--name-only", "--format=", "HEAD~2"], cwd=result.folder, capture_output=True, text=True,
+        check=True,
+    ).stdout.split()
+    assert "util.py" in shown and "main.py" not in shown
+
+
+def test_a_damaged_experience_pool_does_not_stop_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from src.workflows.company import memory
+
+    def broken(self: object, text: str, k: int = 3) -> str:
+        raise KeyError("task")
+
+    monkeypatch.setattr(memory.ExperiencePool, "prompt_for", broken)
+    monkeypatch.setattr(memory, "default_pool_path", lambda: tmp_path / "pool.json")
+    config = write_chain(tmp_path / "cfg", [simple("Coding")], with_memory="True")
+    result, events = start(PhaseScriptedFakeModel(), tmp_path, config=config)
+    assert any("experience pool could not be read" in text for text in notices(events))
+    assert result.ran_ok is True and events[-1].kind == "summary"
+
+
+def test_stop_while_the_person_is_asked_is_a_cancel_not_their_comment(tmp_path: Path) -> None:
+    cancel = threading.Event()
+
+    def human(question: str) -> str:
+        cancel.set()  # what the chat's Stop button does: set the event and answer the waiting question
+        return "end"
+
+    fake = PhaseScriptedFakeModel()
+    result, events = start(fake, tmp_path, config="Human", human=human, cancel=cancel)
+    assert result.cancelled and events[-1].kind == "summary"
+    assert not any(e.kind == "utterance" and e.role == "Human" for e in events)
+
+
+def test_plan_reading_survives_junk_json_and_names_a_file_once() -> None:
+    tasks, how = plan_from_reply('[{"name": "a", "depends_on": 3}]\nmain.py: the entry point', "", "t")
+    assert how == "files" and [t.name for t in tasks] == ["main.py"]
+    tasks, how = plan_from_reply("util.py: the helpers\n./util.py: something else\nmain.py: the entry", "", "t")
+    assert [(t.name, t.description) for t in tasks] == [("util.py", "the helpers"), ("main.py", "the entry")]
+
+
+def test_a_program_that_links_the_log_outside_cannot_make_the_run_write_there(tmp_path: Path) -> None:
+    outside = tmp_path / "bashrc"
+    outside.write_text("# mine\n")
+    linker = (
+        "main.py\n```python\nimport glob\nimport os\n\n"
+        f"for name in glob.glob('*.log') + ['events.jsonl']:\n    os.remove(name)\n    os.symlink({str(outside)!r}, name)\n"
+        "```\n<INFO> Finished"
+    )
+    _, events = start(PhaseScriptedFakeModel({"Coding": linker}), tmp_path)
+    assert "TestErrorSummary" in phase_starts(events) and events[-1].kind == "summary"
+    assert outside.read_text() == "# mine\n"
+
+
+# --- incremental development ------------------------------------------------------------------------------------
+
+
+def write_base_program(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "main.py").write_text("print('version one')\n", encoding="utf-8")
+    (folder / "lib").mkdir()
+    (folder / "lib" / "helpers.py").write_text("def helper():\n    return 1\n", encoding="utf-8")
+    (folder / "meta.txt").write_text("Task:\nan earlier run\n", encoding="utf-8")  # an earlier run's own file
+    (folder / "20250101000000.log").write_text("old log\n", encoding="utf-8")
+    return folder
+
+
+@chatdev
+def test_chatdev_incremental_config_improves_an_existing_program(tmp_path: Path) -> None:
+    base = write_base_program(tmp_path / "base")
+    before = {p.name: p.read_bytes() for p in base.rglob("*") if p.is_file()}
+    fake = PhaseScriptedFakeModel()
+    result, events = start(fake, tmp_path, config=CHATDEV_CONFIGS / "Incremental", base_folder=base)
+    assert "Coding" not in phase_starts(events)
+    assert (result.folder / "lib" / "helpers.py").read_text() == "def helper():\n    return 1\n"
+    assert "20250101000000.log" not in {p.name for p in result.folder.iterdir()}
+    assert "an earlier run" not in (result.folder / "meta.txt").read_text()
+    assert "ChatEnvConfig.incremental_develop: True" in (result.folder / "meta.txt").read_text()
+    assert any("Incremental development from" in text and "lib/helpers.py" in text for text in notices(events))
+    assert {p.name: p.read_bytes() for p in base.rglob("*") if p.is_file()} == before  # the original is untouched
+
+
+def test_default_config_with_a_base_folder_skips_coding(tmp_path: Path) -> None:
+    base = write_base_program(tmp_path / "base")
+    result, events = start(PhaseScriptedFakeModel(), tmp_path, base_folder=base)
+    assert "Coding" not in phase_starts(events)
+    assert any(e.phase == "Coding" and "Coding is skipped" in e.text for e in events if e.kind == "notice")
+    assert (result.folder / "lib" / "helpers.py").exists()
+
+
+@chatdev
+def test_incremental_config_without_a_folder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(InvalidParameterError, match="--path"):
+        start(PhaseScriptedFakeModel(), tmp_path, config=CHATDEV_CONFIGS / "Incremental")
+    with pytest.raises(InvalidParameterError, match="not a folder"):
+        start(PhaseScriptedFakeModel(), tmp_path, base_folder=tmp_path / "missing")
+    assert not (tmp_path / "WareHouse").exists()  # nothing was written

@@ -39,12 +39,23 @@ def tokenize(text: str) -> list[str]:
     return words
 
 
+def parse_python(source: str) -> ast.Module | None:
+    """The syntax tree of ``source``, or None when it is not Python that can be parsed safely.
+
+    Besides SyntaxError, a model's junk makes ``ast.parse`` raise ValueError (NUL bytes), RecursionError
+    ("1+1+1..." thousands of times) or MemoryError ("------...1"); none of them may end a phase or the run.
+    """
+    try:
+        return ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+
+
 def chunk_python(path: str, source: str) -> list[CodeChunk]:
     """Functions and classes as chunks (a class's methods each on their own when the class is long), and the rest
     of the module's top level as one chunk. A file that does not parse is one chunk (models write broken code)."""
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:
+    tree = parse_python(source)
+    if tree is None:
         lines = source.splitlines()
         return [CodeChunk(path, "module", "module", 1, max(len(lines), 1), source)] if source.strip() else []
     lines = source.splitlines()

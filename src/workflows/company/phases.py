@@ -28,7 +28,7 @@ from src.errors import CompanyError
 from src.utils.generation import ChatMessage, ChatModel, GenerationParams
 from src.workflows.company.code_extraction import extract_code_files
 from src.workflows.company.config import CompanyConfig, PhaseSpec, SimpleStep, fill_placeholders
-from src.workflows.company.context import estimate_tokens, select_context
+from src.workflows.company.context import estimate_tokens, parse_python, select_context
 from src.workflows.company.plan import PlanError, PlanTask, parse_plan
 from src.workflows.company.sandbox import RunResult, run_program
 from src.workflows.company.warehouse import ProjectFolder
@@ -128,6 +128,7 @@ class ChatEnv:
     plan: str = ""
     plan_tasks: list[PlanTask] = field(default_factory=list)
     plan_done: set[str] = field(default_factory=set)
+    developing: str = ""  # the name of the plan task Implementing works on (AutoCoder)
     unimplemented_file: str = ""
     gui: str = ""
     images: str = ""
@@ -229,9 +230,8 @@ def is_unimplemented(source: str) -> bool:
     Abstract methods are stubs by design and don't count. A file that does not parse is not "unimplemented":
     review and test phases deal with broken code.
     """
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError):
+    tree = parse_python(source)
+    if tree is None:
         return False
     for node in ast.walk(tree):
         if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -301,6 +301,7 @@ class PhaseContext:
         self.reserved = {name.lower() for name in reserved}  # our own files: a model may not overwrite them
         self.stats = RunStats()
         self.last_run: RunResult | None = None
+        self.last_run_version = -1  # code_version when last_run was made
         self.tests_passed = 0
         self.tests_failed = 0
         self.code_version = 0  # one more for every reply that changed the code (ChatDev's Code_Version)
@@ -440,7 +441,7 @@ class PhaseContext:
         except CompanyError as exc:
             self.notice(phase, str(exc))
             return None
-        self.last_run = result
+        self.last_run, self.last_run_version = result, self.code_version
         self.emit(
             CompanyEvent(
                 "test",
@@ -450,6 +451,10 @@ class PhaseContext:
             )
         )
         return result
+
+    def run_of_current_code(self) -> RunResult | None:
+        """The last run of main.py if no reply has changed the code since; else None (it says nothing now)."""
+        return self.last_run if self.last_run_version == self.code_version else None
 
     def run_tests(self, phase: str) -> RunResult | None:
         """Run pytest in the sandbox through a small runner file; records the passed/failed counts."""
@@ -776,6 +781,7 @@ class CodeReviewHuman(CodeWritingPhase):
             ctx.notice(self.name, f"Could not get the person's comments ({exc}); the human review ends.")
             ctx.env.human_done = True
             return self.skip()
+        ctx.check_cancel()  # Stop answers a waiting question with "end": that is not the person's comment
         feedback = (feedback or "").strip()
         ctx.utterance(self.name, "Human", 0, feedback)
         if feedback.lower() in ("end", ""):
@@ -798,8 +804,10 @@ def plan_from_reply(reply: str, conclusion: str, task: str) -> tuple[list[PlanTa
     described: dict[str, str] = {}
     for line in reply.splitlines():
         match = _PLAN_FILE_LINE_RE.match(line)
-        if match and match.group(1) not in described:
-            described[match.group(1).lstrip("./")] = match.group(2).strip()
+        if match:
+            # "./util.py" and "util.py" are one file; the first description wins. An unsafe name ("../x.py")
+            # is kept as written: the write refuses it later, with a notice.
+            described.setdefault(match.group(1).removeprefix("./"), match.group(2).strip())
     if not described:
         for name in re.split(r"[,\s]+", conclusion):
             name = name.strip("`*'\"")
@@ -845,6 +853,7 @@ class Implementing(CodeWritingPhase):
         self.task = ctx.env.next_plan_task()
         if self.task is None:
             return self.skip()
+        ctx.env.developing = self.task.name
         ctx.env.unimplemented_file = _task_file(self.task)
         return self.chat(ctx)
 
@@ -874,50 +883,64 @@ class TestWriting(CodeWritingPhase):
 
 @register_phase("Testing")
 class Testing(CodeWritingPhase):
-    """Run pytest; while tests fail and turns remain, give the output to the Developer and apply the fix."""
+    """Run pytest; while tests fail and turns remain, give the output to the Developer and apply the fix.
+
+    Each fix is written as soon as it is answered (the next pytest run needs it), so ``update_env`` has nothing
+    left to do."""
 
     def run(self, ctx: PhaseContext) -> PhaseOutcome:
         result = ctx.run_tests(self.name)
         replies: list[str] = []
-        attempts = 0
-        limit = self.turn_limit(ctx)
-        while result is not None and attempts < limit:
-            if result.exit_code == 0 and ctx.tests_failed == 0:
-                ctx.env.tests_ok = True
-                break
+        attempts, limit = 0, self.turn_limit(ctx)  # one model call per fix attempt
+        while result is not None and not _tests_pass(ctx, result) and attempts < limit:
             if ctx.tests_passed == 0 and ctx.tests_failed == 0 and result.exit_code == 5:
                 ctx.notice(self.name, "pytest found no tests to run.")
                 break
             if "pytest" in result.missing_modules:
                 break
-            attempts += 1
             ctx.env.test_reports = f"pytest: {ctx.tests_passed} passed, {ctx.tests_failed} failed.\n" + tail(
                 result.stdout + result.stderr
             )
+            attempts += 1
             outcome = self.chat(ctx, turns=1)
             replies.extend(outcome.replies)
             ctx.apply_code_reply(self.name, "\n\n".join(outcome.replies))
             result = ctx.run_tests(self.name)
-        if result is not None and result.exit_code == 0 and ctx.tests_failed == 0:
-            ctx.env.tests_ok = True
-        elif attempts >= limit:
+        ctx.env.tests_ok = result is not None and _tests_pass(ctx, result)
+        if not ctx.env.tests_ok and attempts >= limit:
             ctx.notice(self.name, f"Tests still fail after {attempts} fix attempt(s).")
         conclusion = "Finished" if ctx.env.tests_ok else "Tests fail"
-        # The fixes were applied above, turn by turn; update_env has nothing left to do.
-        return PhaseOutcome(conclusion, replies[-1] if replies else "", ctx.env.tests_ok, replies, skipped=True)
+        return PhaseOutcome(conclusion, replies[-1] if replies else "", ctx.env.tests_ok, replies)
+
+    def update_env(self, ctx: PhaseContext, outcome: PhaseOutcome) -> None:
+        """Nothing: run() applied every fix before running the tests again."""
+
+
+def _tests_pass(ctx: PhaseContext, result: RunResult) -> bool:
+    return result.exit_code == 0 and ctx.tests_failed == 0
 
 
 # --- composed phases -------------------------------------------------------------------------------------------
 
 
 class ComposedRule:
-    """When a composed phase stops before its cycle_num: checked before each cycle and after each inner phase."""
+    """When a composed phase stops before its cycle_num: checked before each cycle and after each inner phase.
+    Also what git mode commits after a cycle, and what is left undone when all cycles ran without a stop."""
+
+    commit_label = ""  # git mode: "<label> #<cycle> Finished" after every cycle; "" = no commit
 
     def stop_before_cycle(self, ctx: PhaseContext) -> bool:
         return False
 
     def stop_after_phase(self, ctx: PhaseContext, phase: str) -> bool:
         return False
+
+    def commit_message(self, ctx: PhaseContext, cycle: int) -> str | None:
+        return f"{self.commit_label} #{cycle} Finished" if self.commit_label else None
+
+    def unfinished(self, ctx: PhaseContext, cycles: int) -> str | None:
+        """A notice when the phase used all its cycles and its goal is still not met; None when it is."""
+        return None
 
 
 COMPOSED_PHASES: dict[str, ComposedRule] = {}
@@ -937,9 +960,15 @@ class CodeCompleteAllRule(ComposedRule):
         ctx.env.unimplemented_file = find_unimplemented(ctx.env.codes)
         return not ctx.env.unimplemented_file
 
+    def unfinished(self, ctx: PhaseContext, cycles: int) -> str | None:
+        left = find_unimplemented(ctx.env.codes)
+        return f"{left} still has unimplemented functions after {cycles} cycle(s); going on." if left else None
+
 
 @register_composed("CodeReview")
 class CodeReviewRule(ComposedRule):
+    commit_label = "Review"
+
     def stop_before_cycle(self, ctx: PhaseContext) -> bool:
         ctx.env.review_finished = False
         return False
@@ -947,15 +976,23 @@ class CodeReviewRule(ComposedRule):
     def stop_after_phase(self, ctx: PhaseContext, phase: str) -> bool:
         return ctx.env.review_finished
 
+    def unfinished(self, ctx: PhaseContext, cycles: int) -> str | None:
+        return f"The reviewer did not declare the code finished in {cycles} cycle(s); going on with it as it is."
+
 
 @register_composed("Test")
 class TestCycleRule(ComposedRule):
+    commit_label = "Test"
+
     def stop_before_cycle(self, ctx: PhaseContext) -> bool:
         ctx.env.program_ok = False
         return False
 
     def stop_after_phase(self, ctx: PhaseContext, phase: str) -> bool:
         return ctx.env.program_ok
+
+    def unfinished(self, ctx: PhaseContext, cycles: int) -> str | None:
+        return f"The program did not run cleanly in {cycles} test cycle(s); the quality report runs the final code."
 
 
 @register_composed("HumanAgentInteraction")
@@ -970,7 +1007,20 @@ class HumanAgentInteractionRule(ComposedRule):
 @register_composed("Developing")
 class DevelopingRule(ComposedRule):
     def stop_before_cycle(self, ctx: PhaseContext) -> bool:
+        ctx.env.developing = ""  # set again by Implementing if this cycle takes a task
         return bool(ctx.env.plan_tasks) and ctx.env.next_plan_task() is None
+
+    def commit_message(self, ctx: PhaseContext, cycle: int) -> str | None:
+        task = ctx.env.developing
+        if not task or task not in ctx.env.plan_done:  # the cycle developed nothing (its phase failed)
+            return None
+        return f"Task #{len(ctx.env.plan_done)} Finished: {' '.join(task.split())[:60]}"
+
+    def unfinished(self, ctx: PhaseContext, cycles: int) -> str | None:
+        left = [t.name for t in ctx.env.plan_tasks if t.name not in ctx.env.plan_done]
+        if not left:
+            return None
+        return f"{len(left)} task(s) of the plan were not developed in {cycles} cycle(s): {', '.join(left)}."
 
 
 def known_phase_names() -> set[str]:

@@ -40,6 +40,8 @@ def parse_plan(text: str) -> list[PlanTask]:
         depends = item.get("depends_on") or []
         if isinstance(depends, str):
             depends = [depends]
+        if not isinstance(depends, list):  # 3, true, {...}: junk that must fail as a plan error, not a TypeError
+            raise PlanError(f"Task {index + 1}'s depends_on is not a list of task names.")
         tasks.append(
             PlanTask(
                 name=str(item["name"]).strip(),

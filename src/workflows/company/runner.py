@@ -21,15 +21,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Any
 
 from src.errors import CompanyError, InvalidParameterError
-from src.settings import PROJECT_ROOT
-from src.utils.generation import ChatModel
 from src.settings import get_settings
-from src.workflows.company.memory import EVENTS_FILE
+from src.utils.generation import ChatModel
 from src.workflows.company.config import (
     CONFIG_FILES,
     CompanyConfig,
@@ -37,6 +35,7 @@ from src.workflows.company.config import (
     SimpleStep,
     load_company_config,
 )
+from src.workflows.company.memory import EVENTS_FILE, ExperiencePool
 from src.workflows.company.phases import (
     COMPOSED_PHASES,
     PHASES,
@@ -106,6 +105,7 @@ class CompanyRun:
         human: Callable[[str], str] | None = None,
         run_timeout_s: float = 10.0,
         git: bool | None = None,
+        base_folder: Path | str | None = None,
     ) -> None:
         if not task or not task.strip():
             raise InvalidParameterError("The company needs a task: describe the program to write.")
@@ -135,6 +135,17 @@ class CompanyRun:
         self.human = human
         self.run_timeout_s = run_timeout_s
         self.git = self.config.chain.git_management if git is None else git
+        # incremental_develop (ChatDev's --path): the run starts from an existing program's files and improves it.
+        # A folder given without that option still means "improve this", so it switches the option on.
+        self.base_folder = Path(base_folder).expanduser().resolve() if base_folder is not None else None
+        if self.base_folder is not None:
+            if not self.base_folder.is_dir():
+                raise InvalidParameterError(f"The program to build on is not a folder: {self.base_folder}")
+        elif self.config.chain.incremental_develop:
+            raise InvalidParameterError(
+                f"The configuration {self.config.name} improves an existing program (incremental_develop): "
+                "give that program's folder (--path FOLDER)."
+            )
         self._git_ok = False
         self.folder: Path | None = None
         self.log_path: Path | None = None
@@ -150,10 +161,8 @@ class CompanyRun:
         if self.log_path is None:
             return
         try:
-            # Opened per entry and flushed: a crash or a cancel leaves every entry so far complete on disk.
-            with self.log_path.open("a", encoding="utf-8") as handle:
-                handle.write(text.rstrip("\n") + "\n\n")
-                handle.flush()
+            # Appended per entry: a crash or a cancel leaves every entry so far complete on disk.
+            _append_own_file(self.log_path, text.rstrip("\n") + "\n\n")
         except OSError as exc:
             logger.warning("Could not write the company log %s: %s", self.log_path, exc)
 
@@ -162,8 +171,9 @@ class CompanyRun:
         if self.folder is None:
             return
         try:
-            with (self.folder / EVENTS_FILE).open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"t": time.time(), **item}, ensure_ascii=False, default=str) + "\n")
+            _append_own_file(
+                self.folder / EVENTS_FILE, json.dumps({"t": time.time(), **item}, ensure_ascii=False, default=str) + "\n"
+            )
         except OSError as exc:
             logger.warning("Could not write the company's events: %s", exc)
 
@@ -256,7 +266,7 @@ class CompanyRun:
         options = {
             "clear_structure": chain.clear_structure, "gui_design": chain.gui_design, "git_management": self.git,
             "web_spider": chain.web_spider, "self_improve": chain.self_improve,
-            "incremental_develop": chain.incremental_develop, "with_memory": chain.with_memory,
+            "incremental_develop": self.base_folder is not None, "with_memory": chain.with_memory,
         }  # fmt: skip
         sections = [
             ("Task", self.task),
@@ -317,11 +327,10 @@ class CompanyRun:
                 ctx.notice("Setup", f"Could not copy {file_name}: {exc}")
         self._write_own(project, "meta.txt", self._meta(env, ctx, None))
         if self.config.chain.with_memory:
-            from src.workflows.company.memory import ExperiencePool
-
-            ctx.lessons = ExperiencePool().prompt_for(self.task)
-            ctx.notice("Setup", "Experience pool: " + (f"{ctx.lessons.count(chr(10) + '- ')+1} lesson(s) added" if ctx.lessons else "nothing similar yet"))
+            self._load_lessons(ctx)
         self._git_init(ctx)
+        if self.base_folder is not None:
+            self._import_base_program(ctx, project, reserved)
 
         cancelled = False
         try:
@@ -336,10 +345,47 @@ class CompanyRun:
             ctx.notice("Run", "The run was cancelled; the project folder holds what was done so far.")
         return self._finish(ctx, project, started, cancelled)
 
+    def _load_lessons(self, ctx: PhaseContext) -> None:
+        """with_memory: experiences from earlier runs similar to this task, for the coding prompts."""
+        try:
+            ctx.lessons = ExperiencePool().prompt_for(self.task)
+        except Exception as exc:  # a damaged pool must not stop the run: it goes on without lessons
+            logger.exception("The experience pool could not be read")
+            ctx.notice("Setup", f"The experience pool could not be read ({exc}); no lessons are added.")
+            return
+        found = "lessons from similar runs added" if ctx.lessons else "nothing similar yet"
+        ctx.notice("Setup", f"Experience pool: {found}.")
+
+    def _import_base_program(self, ctx: PhaseContext, project: ProjectFolder, reserved: set[str]) -> None:
+        """Copy the existing program's files (not an earlier run's own log, meta, prompt or configs) into the
+        project folder, so that every phase sees them as the code so far and the original stays untouched."""
+        source = ProjectFolder(self.base_folder)  # type: ignore[arg-type]  # set when this is called
+        imported: list[str] = []
+        for path, text in source.snapshot().items():
+            name = path.rsplit("/", 1)[-1]
+            if name.lower() in reserved or name in CONFIG_FILES or name == "meta.txt" or name == EVENTS_FILE:
+                continue
+            if name.endswith((".log", ".prompt")):
+                continue
+            try:
+                project.write_file(path, text)
+            except CompanyError as exc:
+                ctx.notice("Setup", f"Not imported from {self.base_folder}: {exc}")
+                continue
+            imported.append(path)
+        ctx.refresh_codes()
+        listed = ", ".join(imported[:20]) + (f" and {len(imported) - 20} more" if len(imported) > 20 else "")
+        ctx.notice("Setup", f"Incremental development from {self.base_folder}: {listed or 'no files found'}.")
+        self._commit(ctx, "Base Version")
+
     def _run_chain(self, ctx: PhaseContext) -> None:
         unsupported = set(self.config.unsupported_phases)
         for step in self.config.chain.chain:
             ctx.check_cancel()
+            if step.phase == "Coding" and self.base_folder is not None:
+                # Writing the program from scratch would throw away the one we were asked to improve.
+                ctx.notice(step.phase, "Incremental development: the existing code is kept, Coding is skipped.")
+                continue
             if step.phase in unsupported:
                 ctx.notice(step.phase, f"The phase {step.phase} is not supported by Hearth (no phase class); skipped.")
                 continue
@@ -356,7 +402,7 @@ class CompanyRun:
             ctx.check_cancel()
             ctx.refresh_codes()
             if rule.stop_before_cycle(ctx):
-                break
+                return
             stop = False
             for inner in step.composition:
                 if inner.phase in unsupported:
@@ -366,12 +412,15 @@ class CompanyRun:
                 if rule.stop_after_phase(ctx, inner.phase):
                     stop = True
                     break
-            if step.phase == "CodeReview":
-                self._commit(ctx, f"Review #{cycle} Finished")
-            elif step.phase == "Test":
-                self._commit(ctx, f"Test #{cycle} Finished")
+            message = rule.commit_message(ctx, cycle)
+            if message:
+                self._commit(ctx, message)
             if stop:
-                break
+                return
+        ctx.refresh_codes()
+        left = rule.unfinished(ctx, step.cycle_num)
+        if left:
+            ctx.notice(step.phase, left)
 
     def _run_simple(self, ctx: PhaseContext, step: SimpleStep, *, composed: str = "", cycle: int = 0) -> None:
         ctx.check_cancel()
@@ -398,7 +447,8 @@ class CompanyRun:
         ctx.refresh_codes()
         files = sorted(ctx.env.codes)
         lines = sum(len(text.splitlines()) for text in ctx.env.codes.values())
-        result: RunResult | None = ctx.last_run
+        # A run made before the last code change says nothing about the final code: run that again.
+        result: RunResult | None = ctx.run_of_current_code()
         if result is None and not cancelled and "main.py" in files:
             try:
                 result = run_program(project.root, "main.py", timeout_s=self.run_timeout_s, stdin="")
@@ -491,6 +541,17 @@ def _unsupported_phases(config: CompanyConfig) -> list[str]:
         elif step.phase not in PHASES:
             mark(step.phase)
     return unsupported
+
+
+def _append_own_file(path: Path, text: str) -> None:
+    """Append to one of the run's own files (the log, events.jsonl) in the project folder.
+
+    The generated program runs in that folder and may have replaced the file with a symbolic link (to ~/.bashrc,
+    say): O_NOFOLLOW makes the append fail (logged by the caller) instead of writing outside the folder.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    with os.fdopen(fd, "a", encoding="utf-8") as handle:
+        handle.write(text)
 
 
 def _path_env() -> str:

@@ -51,9 +51,9 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import IO
 
 from src.errors import ProgramStartError, ProjectFileNotFoundError
@@ -76,7 +76,7 @@ _IS_WINDOWS = os.name == "nt"
 _IS_LINUX = sys.platform.startswith("linux")
 
 # Never forwarded even when a caller passes them in ``env``: Hearth's own secrets and anything named like a secret.
-_SECRET_NAME_RE = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL|PRIVATE_KEY|ACCESS_KEY)", re.I)
+_SECRET_NAME_RE = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL|PRIVATE_KEY|ACCESS_KEY)", re.IGNORECASE)
 _MISSING_MODULE_RE = re.compile(r"(?:ModuleNotFoundError|ImportError): No module named '([^']+)'")
 TRACEBACK_MARKER = "Traceback (most recent call last)"
 
