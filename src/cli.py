@@ -1,4 +1,4 @@
-"""Hearth's command line: ``python main.py [chat|models] ...``.
+"""Hearth's command line: ``python main.py [chat|models|company|evolve|serve] ...``.
 
 User errors (``HearthError``) end with a one-line message and exit code 1, never a traceback.
 """
@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="incremental development: improve the program in this folder (copied; the original is not changed)",
     )
     company.add_argument("--max-tokens", type=int, dest="max_tokens", help="cap on every model call (default: each phase's own)")
+
+    from src.workflows.evolution.cli import add_evolve_parser
+
+    add_evolve_parser(commands)
     return parser
 
 
@@ -110,6 +114,10 @@ def main(argv: Sequence[str] | None = None, *, open_gui: Callable[..., int] | No
             return _models(args)
         if args.command == "company":
             return _company(args)
+        if args.command == "evolve":
+            from src.workflows.evolution.cli import run_evolve
+
+            return run_evolve(args)
         if args.command is None and not args.terminal and open_gui is not None:
             return open_gui(web=args.web, port=args.port)
         return _chat(args)

@@ -335,15 +335,8 @@ class EvolutionConfigError(HearthError, ValueError):
         )
 
 
-class AdapterMismatchError(HearthError, ValueError):
-    """Two adapters cannot be crossed: their weights differ in names, shapes or dtypes."""
-
-    def __init__(self, detail: str) -> None:
-        self.detail = detail
-        super().__init__(
-            f"The two adapters cannot be combined: {detail}. Parents must come from the same base model with the "
-            "same LoRA rank and target modules."
-        )
+class EvolutionRunError(HearthError):
+    """An evolution run folder cannot be used (missing, damaged checkpoint, mismatched population)."""
 
 
 class WorldLayoutError(HearthError, ValueError):
@@ -359,6 +352,17 @@ class WorldLayoutError(HearthError, ValueError):
 
 class AdapterError(HearthError):
     """An agent's LoRA adapter cannot be used as asked."""
+
+
+class AdapterMismatchError(AdapterError, ValueError):
+    """Two adapters cannot be crossed: their weights differ in names, shapes or dtypes."""
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        super().__init__(
+            f"The two adapters cannot be combined: {detail}. Parents must come from the same base model with the "
+            "same LoRA rank and target modules."
+        )
 
 
 class UnknownAdapterError(AdapterError, LookupError):
@@ -383,3 +387,47 @@ class ExportedAdapterError(AdapterError):
         super().__init__(
             f"{folder} is not an exported agent adapter ({detail}). Export one with `export best` from an evolution run."
         )
+
+
+# --- OpenAI-compatible local server ------------------------------------------------------------------------------
+
+
+class ServerError(HearthError):
+    """The local OpenAI-compatible server cannot start as configured."""
+
+
+class InsecureServerBindError(ServerError, ValueError):
+    def __init__(self, host: str) -> None:
+        self.host = host
+        super().__init__(
+            f"Refusing to serve on {host!r} without an API key: any machine that reaches this address could use "
+            "your models. Set a key with --api-key KEY or the HEARTH_SERVER_API_KEY environment variable, or bind "
+            "to 127.0.0.1 (the default) to serve this computer only."
+        )
+
+
+class ServerStartError(ServerError):
+    def __init__(self, host: str, port: int, detail: str) -> None:
+        self.host, self.port = host, port
+        super().__init__(
+            f"Cannot start the server on {host}:{port}: {detail}. Choose another port with --port, or stop the "
+            "program that uses this one."
+        )
+
+
+# --- local engine backends (llama.cpp, transformers) ---------------------------------------------------------------
+
+
+class BackendUnavailableError(ModelLoadError, ValueError):
+    """A model cannot run on the backend asked for (setting or HEARTH_BACKEND)."""
+
+    def __init__(self, model_id: str, backend: str, reason: str, available: list[str]) -> None:
+        self.model_id, self.backend, self.available = model_id, backend, available
+        super().__init__(
+            f"{model_id} cannot run on the {backend!r} backend: {reason}. Available for this model: "
+            f"{', '.join(available) or 'none'} (choose in the settings, or set HEARTH_BACKEND=auto)."
+        )
+
+
+class GenerationError(HearthError):
+    """The local engine failed while generating a reply."""

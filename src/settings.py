@@ -35,6 +35,14 @@ DEFAULT_REPETITION_PENALTY = 1.1
 REMOTE_CONNECT_TIMEOUT_S = 10.0
 REMOTE_READ_TIMEOUT_S = 300.0
 
+# The OpenAI-compatible local server (python main.py serve). Loopback only unless an API key is set.
+SERVER_DEFAULT_HOST = "127.0.0.1"
+SERVER_DEFAULT_PORT = 8765
+SERVER_MAX_BODY_BYTES = 4 * 1024 * 1024  # larger request bodies get 413
+SERVER_MAX_TOKENS_LIMIT = 4096  # the largest max_tokens a request may ask for (more gets 400)
+SERVER_MAX_QUEUE = 32  # requests waiting for the model beyond this get 429
+SERVER_GRACEFUL_SHUTDOWN_S = 5.0
+
 # How long a writer waits for SQLite's lock before giving up (milliseconds).
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -59,11 +67,26 @@ ENV_DB_PATH = "HEARTH_DB_PATH"
 ENV_MODELS_DIR = "HEARTH_MODELS_DIR"
 ENV_DEVICE = "HEARTH_DEVICE"
 ENV_DTYPE = "HEARTH_DTYPE"
+# Which engine runs local models: auto (llama.cpp for GGUF files when xllamacpp is installed, else transformers),
+# llama.cpp or transformers. Overrides the per-model choice stored in the settings.
+ENV_BACKEND = "HEARTH_BACKEND"
+BACKEND_AUTO = "auto"
+BACKEND_LLAMACPP = "llama.cpp"
+BACKEND_TRANSFORMERS = "transformers"
+BACKENDS = (BACKEND_AUTO, BACKEND_LLAMACPP, BACKEND_TRANSFORMERS)
 ENV_API_KEY = "HEARTH_API_KEY"
 ENV_REMOTE_READ_TIMEOUT = "HEARTH_REMOTE_READ_TIMEOUT"
 ENV_MAX_NEW_TOKENS = "HEARTH_MAX_NEW_TOKENS"
 ENV_WAREHOUSE_DIR = "HEARTH_WAREHOUSE_DIR"
 ENV_EVOLUTION_DIR = "HEARTH_EVOLUTION_DIR"
+ENV_SERVER_API_KEY = "HEARTH_SERVER_API_KEY"  # the key clients of `main.py serve` must send (Bearer)
+
+
+def normalize_backend(name: str) -> str:
+    """``llamacpp``, ``llama_cpp``, ``LLAMA.CPP`` -> ``llama.cpp``; ``hf`` -> ``transformers``; others unchanged."""
+    key = name.strip().lower().replace("_", "").replace("-", "").replace(".", "")
+    return {"llamacpp": BACKEND_LLAMACPP, "transformers": BACKEND_TRANSFORMERS, "hf": BACKEND_TRANSFORMERS,
+            "auto": BACKEND_AUTO, "": BACKEND_AUTO}.get(key, name.strip().lower())
 
 
 def _default_data_dir() -> Path:
@@ -79,6 +102,7 @@ class Settings:
     models_dir: Path
     device: str | None  # None = auto-detect (cuda > mps > cpu)
     dtype: str | None  # None = best for the device ("bfloat16" where the CPU computes it natively)
+    backend: str  # HEARTH_BACKEND: auto | llama.cpp | transformers (anything else is refused when a model loads)
     api_key_override: str | None  # for headless machines without a keyring; never stored anywhere
     remote_read_timeout_s: float
     max_new_tokens: int  # the default reply length limit (GUI and API), HEARTH_MAX_NEW_TOKENS
@@ -87,6 +111,7 @@ class Settings:
     hf_endpoint: str | None  # HF_ENDPOINT, put first in the endpoint list
     hf_token: str | None
     hub_token_hosts: tuple[str, ...]
+    server_api_key: str | None = None  # HEARTH_SERVER_API_KEY; never logged
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -102,6 +127,7 @@ class Settings:
             models_dir=models_dir,
             device=env.get(ENV_DEVICE) or None,
             dtype=env.get(ENV_DTYPE) or None,
+            backend=normalize_backend(env.get(ENV_BACKEND) or BACKEND_AUTO),
             api_key_override=env.get(ENV_API_KEY) or None,
             remote_read_timeout_s=float(env.get(ENV_REMOTE_READ_TIMEOUT) or REMOTE_READ_TIMEOUT_S),
             max_new_tokens=int(env.get(ENV_MAX_NEW_TOKENS) or DEFAULT_MAX_NEW_TOKENS),
@@ -113,6 +139,7 @@ class Settings:
                 h.strip().lower() for h in (env.get(ENV_HUB_TOKEN_HOSTS) or ",".join(DEFAULT_HUB_TOKEN_HOSTS)).split(",")
                 if h.strip()
             ),
+            server_api_key=(env.get(ENV_SERVER_API_KEY) or "").strip() or None,
         )
 
     def default_hub_endpoints(self) -> list[str]:

@@ -118,6 +118,25 @@ STRINGS: dict[str, dict[str, str]] = {
         "zh": "用法：/build [--config Default|Human|AutoCoder] 要构建的程序（/replay 运行文件夹 可回放一次运行）",
     },
     "code_change": {"en": "Code change: {path}", "zh": "代码变更：{path}"},
+    # evolution simulation
+    "evolve_started": {
+        "en": "Evolution: {agents} agents, {generations} generations of {steps} steps, world {size}x{size}",
+        "zh": "进化模拟：{agents} 个智能体，{generations} 代，每代 {steps} 步，世界 {size}x{size}",
+    },
+    "evolve_loading": {"en": "Loading the model and the agents' adapters...", "zh": "正在加载模型和智能体的适配器……"},
+    "evolve_progress": {
+        "en": "Generation {generation}/{generations}, step {step}/{steps}, best fitness {best}",
+        "zh": "第 {generation}/{generations} 代，第 {step}/{steps} 步，最佳适应度 {best}",
+    },
+    "evolve_summary": {"en": "Evolution finished", "zh": "进化完成"},
+    "evolve_cancelled": {
+        "en": "Evolution stopped: finished generations are saved (resume with python main.py evolve --resume)",
+        "zh": "进化已停止：已完成的代已保存（可用 python main.py evolve --resume 继续）",
+    },
+    "evolve_usage": {
+        "en": "Usage: /evolve [N agents] [G generations] [S steps] [size W] [seed X], e.g. /evolve 20 agents 10 generations",
+        "zh": "用法：/evolve [N agents] [G generations] [S steps] [size W] [seed X]，例如 /evolve 20 agents 10 generations",
+    },
     "desktop_fallback": {
         "en": "The desktop window could not start ({reason}); Hearth opened in your browser instead.",
         "zh": "无法启动桌面窗口（{reason}），Hearth 已改为在浏览器中打开。",

@@ -43,8 +43,9 @@ from src.errors import (
     RemoteFileNotFoundError,
 )
 from src.utils import raw_http
-from src.utils.hub_api import HubClient, RemoteFile, RepoSnapshot
+from src.utils.files import fsync_dir, write_atomically
 from src.utils.http_client import SocketInterrupter
+from src.utils.hub_api import HubClient, RemoteFile, RepoSnapshot
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ class DownloadState:
     version: int = STATE_VERSION
 
     @classmethod
-    def load(cls, folder: Path) -> "DownloadState | None":
+    def load(cls, folder: Path) -> DownloadState | None:
         path = folder / STATE_FILE
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
@@ -204,27 +205,6 @@ class DownloadState:
 
 def part_path(folder: Path, name: str) -> Path:
     return folder / (name + PART_SUFFIX)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Temp file, fsync, rename, fsync the folder: after a crash the file is either the old or the new one."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    if os.name == "nt":
-        return  # Windows cannot open a directory for fsync; NTFS journals the rename itself
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _size(path: Path) -> int:
@@ -399,7 +379,7 @@ class _FileTransfer:
             os.fsync(self.handle.fileno())
             self._flushed_at = self.offset
 
-    def _drain(self, chunks: "queue.Queue[bytes | None]", step: Callable[[bytes], None]) -> None:
+    def _drain(self, chunks: queue.Queue[bytes | None], step: Callable[[bytes], None]) -> None:
         while True:
             data = chunks.get()
             try:
@@ -461,8 +441,10 @@ class ModelDownload:
         *,
         progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
+        gguf_file: str | None = None,
     ) -> None:
         self.model_id, self.repo, self.revision, self.folder = model_id, repo, revision, folder
+        self.gguf_file = gguf_file  # for a GGUF repository: the one file to fetch (None = the preferred quant)
         self.hub = hub
         self.cancel = cancel or CancelToken()
         self._progress_callback = progress
@@ -479,7 +461,7 @@ class ModelDownload:
             try:
                 endpoint, commit, order = self.hub.resolve_revision(self.repo, self.revision)
                 self._endpoint = endpoint
-                snapshot = self.hub.snapshot(endpoint, self.repo, self.revision, commit)
+                snapshot = self.hub.snapshot(endpoint, self.repo, self.revision, commit, gguf_file=self.gguf_file)
                 state = self.state = self._merge_state(snapshot)
                 state.status, state.error, state.endpoint = DOWNLOADING, None, endpoint
                 state.boot_id = current_boot_id()
@@ -575,7 +557,7 @@ class ModelDownload:
             transfer.close()
         if record.status == FILE_DONE:
             os.replace(part, self.folder / record.path)
-            _fsync_dir((self.folder / record.path).parent)
+            fsync_dir((self.folder / record.path).parent)
         else:
             part.unlink(missing_ok=True)
         # The state is saved periodically and at the end, not after every file: a file finished just before a crash

@@ -330,3 +330,32 @@ def test_build_in_human_mode_takes_the_reviewers_comments_from_the_chat(hearth: 
     type_into(page, reviewer, "end")
     press_enter(page)
     wait_for_words(page, "Project ready", timeout=240)
+
+
+def test_evolve_command_shows_the_world_generations_and_the_fitness_plot(hearth: Any) -> None:
+    from src.settings import get_settings
+
+    page = hearth()
+    send(page, "/evolve 0 agents")  # a setting out of range: a banner, nothing saved
+    wait_for_words(page, "NUM_AGENTS", timeout=20)
+    assert ChatStore().list_chats() == []
+
+    send(page, "/evolve 2 agents 2 generations 6 steps size 6")
+    wait_for_words(page, "Evolution: 2 agents, 2 generations of 6 steps", timeout=20)
+    page.get_by_role("button", name="Stop", exact=True).wait_for(timeout=10_000)
+    wait_for_words(page, "Generation 1:", timeout=180)
+    wait_for_words(page, "Evolution finished", timeout=180)
+    page.get_by_role("img", name="fitness plot").wait_for(timeout=10_000)
+    save_screenshot(page, "evolution.png")
+    chat = ChatStore().list_chats()[0]
+    reply = ChatStore().current_path(chat.id)[-1]
+    assert reply.model == "evolution" and "Generation 2:" in reply.content
+    [run_dir] = list(get_settings().evolution_dir.iterdir())
+    assert (run_dir / "metrics.csv").read_text().count("\n") == 3  # header + 2 generations
+
+    # Stop from the chat: the run ends after the current step and says how to resume.
+    send(page, "/evolve 2 agents 3 generations 400 steps size 6")
+    wait_for_words(page, "Generation 1/3", timeout=120)
+    page.get_by_role("button", name="Stop", exact=True).click()
+    wait_for_words(page, "Evolution stopped", timeout=60)
+    page.get_by_role("button", name="Send", exact=True).wait_for(timeout=10_000)

@@ -71,6 +71,7 @@ def _assert_same(a: list[Decision], b: list[Decision], tol: float = 1e-4) -> Non
 def test_prompt_and_parsing() -> None:
     assert build_prompt("At (1,1). See: food→ Action:") == "At (1,1). See: food→ Action:"
     assert build_prompt("At (1,1). See: food→ ") == "At (1,1). See: food→ Action:"
+    assert build_prompt("At (1,1). Action:", ("north", "rest")) == "Moves: north rest\nAt (1,1). Action:"
     assert parse_action(" North, because", ACTIONS) == "north"
     assert parse_action('"pick up" it', ["pick", "pick up"]) == "pick up"
     assert parse_action(" northward", ACTIONS) is None
@@ -110,7 +111,7 @@ def test_multi_token_actions_are_scored_exactly_in_the_same_batch(pop: LoRAPopul
     fast = pop.decide(OBSERVATIONS, names, [ACTIONS] * 4, 0.0, None)
     assert abs(fast[2].logprobs["drop"] - batched[2].logprobs["drop"]) < 1e-4
     # reference: a plain unpadded forward of prompt + " pick up" through agent_2, summing the two tokens' log-probs
-    prompt = pop.tokenizer(build_prompt(OBSERVATIONS[0]))["input_ids"]
+    prompt = pop.tokenizer(build_prompt(OBSERVATIONS[0], pop.actions))["input_ids"]
     action = pop.tokenizer(" pick up", add_special_tokens=False)["input_ids"]
     with torch.inference_mode():
         logits = pop.model(input_ids=torch.tensor([prompt + action]), adapter_names=["agent_2"]).logits[0].float()
@@ -128,11 +129,11 @@ def test_agents_with_different_adapters_decide_differently(pop: LoRAPopulation) 
             assert gap > 1e-3, f"agents {i} and {j} have (almost) the same adapter: the init must not be a no-op"
     for name, state in _all_states(pop).items():
         assert any(k.endswith("lora_B.weight") and v.abs().max() > 0 for k, v in state.items()), name
-    with torch.inference_mode():  # and every agent differs from the bare base model
+    with torch.inference_mode():  # and every agent differs from the bare base model ("__base__" rows skip LoRA)
         base = pop.decide([OBSERVATIONS[0]], ["agent_0"], [ACTIONS], 0.0, None)[0]
-        with pop.model.disable_adapter():
-            prompt = pop.tokenizer(build_prompt(OBSERVATIONS[0]))["input_ids"]
-            bare = torch.log_softmax(pop.model(input_ids=torch.tensor([prompt])).logits[0, -1].float(), dim=-1)
+        prompt = pop.tokenizer(build_prompt(OBSERVATIONS[0], pop.actions))["input_ids"]
+        logits = pop.model(input_ids=torch.tensor([prompt]), adapter_names=["__base__"]).logits
+        bare = torch.log_softmax(logits[0, -1].float(), dim=-1)
     assert abs(base.logprobs["north"] - float(bare[pop._action_ids("north")[0]])) > 1e-4
 
 
@@ -204,7 +205,7 @@ def test_a_train_step_changes_only_its_own_adapter_and_lowers_its_loss(pop: LoRA
         state = pop.get_optimizer_state("agent_1")
         assert state is not None and len(state["state"]) == len(before["agent_1"])
         assert pop.get_optimizer_state("agent_0") is None
-        assert pop.optimizer_nbytes("agent_1") == 2 * pop.adapter_nbytes()
+        assert 0 <= pop.optimizer_nbytes("agent_1") - 2 * pop.adapter_nbytes() < 4096  # Adam: two moments + steps
         second = pop.train_step("agent_1", batch, 1e-3, compute_loss_after=True)
         assert second.loss_after is not None and second.loss_after < report.loss_after
     finally:
@@ -241,6 +242,12 @@ def test_batched_training_of_several_adapters_equals_separate_steps(pop: LoRAPop
         for name in batches:
             for key in before[name]:
                 assert torch.allclose(together[name][key], separate_states[name][key], atol=1e-6), (name, key)
+        for name in batches:  # split into one pass per adapter: the same again
+            pop.set_adapter_state(name, before[name])
+        assert len(pop.train_steps(batches, 1e-3, rows_per_pass=1)) == 2
+        for name, state in _all_states(pop).items():
+            for key in state:
+                assert torch.allclose(state[key], together[name][key], atol=1e-6), (name, key)
     finally:
         for name in batches:
             pop.set_adapter_state(name, before[name])

@@ -15,6 +15,8 @@ from src.errors import HearthError
 from src.ui.chat.message_view import assistant_body, markdown
 from src.ui.streaming import ReplyPump
 from src.ui.workflows.company_view import CompanyBuild, parse_build_command, parse_replay_command, render_event
+from src.ui.workflows.evolution_view import COMMAND as EVOLVE_COMMAND
+from src.ui.workflows.evolution_view import EvolutionChatRun, parse_evolve_command
 from src.utils.generation import FINISH_CANCELLED, GenerationResult
 from src.utils.ModelManager import STATUS_EMBEDDED, STATUS_READY
 from src.utils.providers import PROVIDER_LOCAL, PROVIDER_OPENAI_COMPATIBLE
@@ -292,6 +294,9 @@ class ChatPage:
         if build is not None:
             self._start_build(*build)
             return
+        if text.lower().startswith(EVOLVE_COMMAND):
+            self._start_evolution(text)
+            return
         replay = parse_replay_command(text)
         if replay is not None:
             self._replay(replay)
@@ -303,6 +308,20 @@ class ChatPage:
             self.app.show_error(self.tr("build_usage"))
             self.app.page.update()
             return
+        self._start_workflow(CompanyBuild(self, config, task))
+
+    def _start_evolution(self, text: str) -> None:
+        try:
+            workflow = EvolutionChatRun(self, parse_evolve_command(text) or {})
+        except ValueError as exc:  # unreadable words, or a setting out of range (EvolutionConfigError)
+            self.app.show_error(f"{exc} {self.tr('evolve_usage')}")
+            self.app.page.update()
+            return
+        self._start_workflow(workflow)
+
+    def _start_workflow(self, workflow: Any) -> None:
+        """A chat-driven workflow (/build, /evolve): the command is saved as the user's message, the workflow shows
+        its progress here and its outcome is saved as the reply; the Stop button cancels it."""
         chat_id = self.chat_id or ChatStore.new_chat_id()
         self.chats.get_or_create_chat(chat_id)
         self.chats.add_message(chat_id, "user", (self.input.value or "").strip())
@@ -311,11 +330,10 @@ class ChatPage:
         self.input.value = ""
         self.show_chat()
         if self.messages.controls and isinstance(self.messages.controls[-1], ft.Row):
-            self.messages.controls.pop()  # no Regenerate/Copy under a build command
-        build = CompanyBuild(self, config, task)
-        build.chat_id = chat_id
-        self.reply = build
-        build.start()
+            self.messages.controls.pop()  # no Regenerate/Copy under a workflow command
+        workflow.chat_id = chat_id
+        self.reply = workflow
+        workflow.start()
         self._update_send_button()
         self.refresh_list()
         self.app.page.update()
@@ -337,17 +355,17 @@ class ChatPage:
         self._update_send_button()
         self.app.page.update()
 
-    def _build_finished(self, build: CompanyBuild, result: Any, error: str | None) -> None:
+    def _workflow_finished(self, workflow: Any, result: Any, error: str | None) -> None:
         self.reply = None
         self.input.label = self.tr("message_hint")
         self._update_send_button()
         if error is not None:
             self.app.show_error(error)
             return
-        # The conversation keeps the outcome; every utterance is in the run's log (replayable).
-        self.chats.add_message(build.chat_id, "assistant", result.summary, model="agent-company")
-        if self.chat_id == build.chat_id:
-            self.messages.controls.append(build.summary_card(result))
+        model = "agent-company" if isinstance(workflow, CompanyBuild) else "evolution"
+        self.chats.add_message(workflow.chat_id, "assistant", workflow.transcript(result), model=model)
+        if self.chat_id == workflow.chat_id:
+            self.messages.controls.append(workflow.summary_card(result))
         self.refresh_list()
 
     def regenerate(self) -> None:

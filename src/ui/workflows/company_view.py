@@ -152,12 +152,12 @@ class CompanyBuild:
             )
             result = run.run()
         except HearthError as exc:
-            self.app.call_ui(self.chat._build_finished, self, None, str(exc))
+            self.app.call_ui(self.chat._workflow_finished, self, None, str(exc))
             return
         except Exception as exc:  # a bug: a banner, never a frozen chat
-            self.app.call_ui(self.chat._build_finished, self, None, f"{type(exc).__name__}: {exc}")
+            self.app.call_ui(self.chat._workflow_finished, self, None, f"{type(exc).__name__}: {exc}")
             return
-        self.app.call_ui(self.chat._build_finished, self, result, None)
+        self.app.call_ui(self.chat._workflow_finished, self, result, None)
 
     # --- rendering ---------------------------------------------------------------------------------------------
 
@@ -170,6 +170,10 @@ class CompanyBuild:
 
     def _bubble(self, role: str, text: str) -> ft.Control:
         return agent_bubble(role, text)
+
+    def transcript(self, result: Any) -> str:
+        """What the conversation keeps (every utterance is in the run's log, replayable)."""
+        return result.summary
 
     def summary_card(self, result: Any) -> ft.Control:
         folder = Path(result.folder)

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from src.settings import get_settings
-from src.utils.downloader import write_atomically
+from src.utils.files import write_atomically
 from src.workflows.company.context import BM25, tokenize
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from src.utils.downloader import write_atomically
+from src.utils.files import write_atomically
 from src.workflows.evolution.world import World
 
 logger = logging.getLogger(__name__)
