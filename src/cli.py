@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from src.errors import HearthError
+from src.utils.interruptible import run_interruptibly
 
 EXIT_USER_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -101,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     from src.workflows.evolution.cli import add_evolve_parser
 
     add_evolve_parser(commands)
+    from src.server.cli import add_serve_parser
+
+    add_serve_parser(commands)
     return parser
 
 
@@ -114,6 +118,10 @@ def main(argv: Sequence[str] | None = None, *, open_gui: Callable[..., int] | No
             return _models(args)
         if args.command == "company":
             return _company(args)
+        if args.command == "serve":
+            from src.server.cli import run_serve
+
+            return run_serve(args)
         if args.command == "evolve":
             from src.workflows.evolution.cli import run_evolve
 
@@ -360,26 +368,8 @@ def _company(args: argparse.Namespace) -> int:
         human=ask_human,
         base_folder=args.base_folder,
     )
-    # The company runs in a worker so that Ctrl+C here only asks it to stop: it then finishes its log and summary.
-    # Waiting on an Event, not Thread.join: a join interrupted by Ctrl+C can leave the thread looking finished.
-    outcome: dict[str, Any] = {}
-    done = threading.Event()
-
-    def work() -> None:
-        try:
-            outcome["result"] = run.run()
-        finally:
-            done.set()
-
-    threading.Thread(target=work, name="hearth-company", daemon=True).start()
-    try:
-        while not done.wait(0.2):
-            pass
-    except KeyboardInterrupt:
-        cancel.set()
-        print("\n[stopping the company: finishing the log and summary...]", file=sys.stderr, flush=True)
-        done.wait(120)
-    result = outcome.get("result")
+    # Ctrl+C only asks the company to stop: it then finishes its log and summary.
+    result = run_interruptibly(run.run, cancel, "stopping the company: finishing the log and summary...", "hearth-company")
     if result is None:
         print("error: the company stopped without a result (see the log in its WareHouse folder)", file=sys.stderr)
         return EXIT_USER_ERROR

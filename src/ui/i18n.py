@@ -118,6 +118,17 @@ STRINGS: dict[str, dict[str, str]] = {
         "zh": "用法：/build [--config Default|Human|AutoCoder] 要构建的程序（/replay 运行文件夹 可回放一次运行）",
     },
     "code_change": {"en": "Code change: {path}", "zh": "代码变更：{path}"},
+    # local OpenAI-compatible server
+    "server_section": {"en": "Local API server (OpenAI-compatible)", "zh": "本地 API 服务（兼容 OpenAI）"},
+    "server_switch": {"en": "Serve local models on this computer", "zh": "在本机提供本地模型服务"},
+    "server_port": {"en": "Port", "zh": "端口"},
+    "server_starting": {"en": "Starting...", "zh": "正在启动……"},
+    "server_running": {
+        "en": "Serving at {url} (this computer only; use python main.py serve --host with an API key for others)",
+        "zh": "服务地址：{url}（仅本机；如需局域网访问，请使用 python main.py serve --host 并设置 API 密钥）",
+    },
+    "server_stopped": {"en": "Not serving", "zh": "未运行"},
+    "server_bad_port": {"en": "The port must be a number, e.g. 8765", "zh": "端口必须是数字，例如 8765"},
     # evolution simulation
     "evolve_started": {
         "en": "Evolution: {agents} agents, {generations} generations of {steps} steps, world {size}x{size}",

@@ -359,3 +359,27 @@ def test_evolve_command_shows_the_world_generations_and_the_fitness_plot(hearth:
     page.get_by_role("button", name="Stop", exact=True).click()
     wait_for_words(page, "Evolution stopped", timeout=60)
     page.get_by_role("button", name="Send", exact=True).wait_for(timeout=10_000)
+
+
+def test_settings_switch_serves_the_local_models_through_the_openai_api(hearth: Any) -> None:
+    import httpx
+
+    page = hearth()
+    go_to(page, "Settings")
+    wait_for_words(page, "Local API server (OpenAI-compatible)")
+    port = free_port()
+    type_into(page, "Port", str(port))
+    page.get_by_role("switch", name="Serve local models on this computer").click()
+    wait_for_words(page, f"Serving at http://127.0.0.1:{port}/v1", timeout=60)
+    models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).json()
+    assert "smollm2-135m" in [m["id"] for m in models["data"]]
+    reply = httpx.post(
+        f"http://127.0.0.1:{port}/v1/chat/completions",
+        json={"model": "smollm2-135m", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4},
+        timeout=60,
+    )
+    assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"]
+    page.get_by_role("switch", name="Serve local models on this computer").click()
+    wait_for_words(page, "Not serving", timeout=30)
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)

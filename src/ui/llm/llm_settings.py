@@ -12,6 +12,7 @@ from src.db.database import get_app_setting
 from src.errors import HearthError
 from src.settings import DEFAULT_LOCAL_MODEL
 from src.ui.i18n import LANGUAGES
+from src.ui.llm.server_section import ServerSection
 from src.utils.downloader import DONE, DownloadProgress
 from src.utils.ModelManager import (
     STATUS_CORRUPT,
@@ -48,7 +49,7 @@ def human_seconds(seconds: float | None) -> str:
 
 
 class SettingsPage:
-    def __init__(self, app: "HearthApp") -> None:
+    def __init__(self, app: HearthApp) -> None:
         self.app = app
         self.tr = tr = app.tr
         current = app.configs.get_current_config()
@@ -110,6 +111,7 @@ class SettingsPage:
         self.endpoint_rows = ft.Column(spacing=4)
         self.new_endpoint = ft.TextField(label=tr("add_mirror"), helper="https://hf-mirror.com", expand=True)
         self.health: dict[str, str] = {}
+        self.server = ServerSection(app)
         self.view = ft.ListView(
             expand=True,
             padding=24,
@@ -122,6 +124,7 @@ class SettingsPage:
                             ft.Semantics(label=tr("theme"), content=self.theme)]),
                 ),
                 self._section(tr("llm_settings"), ft.Column([ft.Text(tr("provider")), self.provider, self.remote_form])),
+                self._section(tr("server_section"), self.server.view),
                 self._section(tr("local_models"), self.model_cards),
                 self._section(
                     tr("mirrors"),

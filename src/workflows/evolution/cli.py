@@ -125,6 +125,7 @@ def _run_world_size(best_agent_dir: Path) -> int:
 def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from src.utils.interruptible import run_interruptibly
     from src.workflows.evolution.simulation import EvolutionEvent, EvolutionSimulation
 
     cancel = threading.Event()
@@ -159,30 +160,11 @@ def _run(args: argparse.Namespace) -> int:
             "steps_per_generation": args.steps_per_generation,
         }
         sim = EvolutionSimulation(args.num_agents, args.world_size, on_event=show, cancel=cancel, **overrides)
-    outcome: dict[str, Any] = {}
-    done = threading.Event()
-
-    def work() -> None:
-        try:
-            outcome["result"] = sim.run()
-        except BaseException as exc:  # handed to the main thread, which reports it like any other error
-            outcome["error"] = exc
-        finally:
-            done.set()
-
-    threading.Thread(target=work, name="hearth-evolution", daemon=True).start()
     try:
-        while not done.wait(0.2):
-            pass
-    except KeyboardInterrupt:
-        cancel.set()
-        print("\n[stopping after the current step...]", file=sys.stderr, flush=True)
-        done.wait(120)
-    if bar is not None:
-        bar.close()
-    if "error" in outcome:
-        raise outcome["error"]
-    result = outcome.get("result")
+        result = run_interruptibly(sim.run, cancel, "stopping after the current step...", "hearth-evolution")
+    finally:
+        if bar is not None:
+            bar.close()
     if result is None:
         print("error: the evolution stopped without a result", file=sys.stderr)
         return EXIT_USER_ERROR
