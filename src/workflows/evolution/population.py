@@ -34,11 +34,13 @@ Precision
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import math
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -68,6 +70,20 @@ PROMPT_END = "Action:"
 EXPORT_METADATA = "hearth_agent.json"
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _return_freed_memory() -> None:
+    """Give the backward pass's freed activations back to the OS.
+
+    glibc keeps freed heap pages mapped: after one training pass of 20 agents the process stayed ~900 MB larger (1955
+    vs 1052 MB measured) although torch had freed everything. ``malloc_trim`` returns them; it is a no-op elsewhere.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # musl or another libc: nothing to do
+        pass
 
 
 def build_prompt(observation: str, actions: Sequence[str] = ()) -> str:
@@ -650,6 +666,7 @@ class LoRAPopulation:
                     parameter.requires_grad_(False)
             for group in groups:
                 reports += self._train_group(group, lr, compute_loss_after)
+            _return_freed_memory()
         return reports
 
     def _train_group(self, samples: dict[str, list[TrainSample]], lr: float, compute_loss_after: bool) -> list[TrainReport]:
