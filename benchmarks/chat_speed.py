@@ -1,12 +1,20 @@
 #!/usr/bin/env python3
-"""Speed of Hearth's local chat path against plain ``model.generate`` on the same model, in the same run.
+"""Speed of Hearth's local chat paths against their references on the same model, in the same run.
 
     .venv/bin/python benchmarks/chat_speed.py [--model smollm2-135m] [--tokens 64] [--runs 3] [--skip-gguf]
+                                              [--skip-transformers] [--skip-llamacpp]
 
-Rows: load time (our converted safetensors vs loading the GGUF directly), time to first token, decode tokens/s
-and end-to-end time for the same greedy reply. Each figure is the median of --runs; runs alternate between ours
-and the reference so that drift on a shared machine hits both. Target: our streaming path costs at most 10% over
-plain generate (ratio >= 0.90 on speed rows, <= 1.10 on time rows).
+Table 1, transformers backend vs plain ``model.generate``: load time (our converted safetensors vs loading the GGUF
+directly), time to first token, decode tokens/s and end-to-end time for the same greedy reply. Target: our
+streaming path costs at most 10% over plain generate (ratio >= 0.90 on speed rows, <= 1.10 on time rows).
+
+Table 2, both backends vs the llama.cpp reference: xllamacpp used directly in the plainest way (its server's
+streaming chat completion on the same GGUF file, same threads), time to first token and decode tokens/s. Targets:
+our llama.cpp backend >= 0.95x the reference, our transformers backend >= 0.5x. Also how long a cancel takes to
+end the stream (time from ``cancel()`` to the end of the iteration) on each backend.
+
+Each figure is the median of --runs; runs alternate between ours and the references so that drift on a shared
+machine hits all of them.
 """
 
 from __future__ import annotations
@@ -19,8 +27,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from src.settings import EMBEDDED_MODEL_GGUF  # noqa: E402
-from src.utils.LocalLLMEngine import LocalLLMEngine  # noqa: E402
+from src.settings import BACKEND_LLAMACPP, BACKEND_TRANSFORMERS, EMBEDDED_MODEL_GGUF
+from src.utils.catalog import locate_model
+from src.utils.generation import ChatMessage
+from src.utils.llamacpp_backend import default_threads
+from src.utils.LocalLLMEngine import LocalLLMEngine
 
 PROMPT = [{"role": "user", "content": "Write a long story about a lighthouse keeper and a storm."}]
 
@@ -33,10 +44,8 @@ def plain_generate(engine: LocalLLMEngine, max_new_tokens: int) -> tuple[float, 
     """Seconds and tokens for ``model.generate`` alone: the same prompt, weights, dtype and sampling."""
     import torch
 
-    model, tokenizer = engine._model, engine._tokenizer
-    input_ids = engine.prepare_prompt(
-        [__import__("src.utils.generation", fromlist=["ChatMessage"]).ChatMessage(**m) for m in PROMPT], max_new_tokens
-    ).input_ids
+    model, tokenizer = engine._backend.model, engine._backend.tokenizer
+    input_ids = engine.prepare_prompt([ChatMessage(**m) for m in PROMPT], max_new_tokens).input_ids
     started = time.perf_counter()
     with torch.inference_mode():
         output = model.generate(
@@ -63,20 +72,124 @@ def ours(engine: LocalLLMEngine, max_new_tokens: int) -> tuple[float, float, flo
     return first or total, stats.tokens_per_s or 0.0, total, stats.completion_tokens
 
 
+class LlamaCppReference:
+    """xllamacpp the plainest way: a Server on the GGUF file with the given threads, streaming chat completions."""
+
+    def __init__(self, gguf: Path, threads: int, n_ctx: int) -> None:
+        import xllamacpp
+
+        params = xllamacpp.CommonParams()
+        params.model.path = str(gguf)
+        params.n_ctx = n_ctx
+        params.cpuparams.n_threads = params.cpuparams_batch.n_threads = threads
+        params.verbosity = -1
+        self.server = xllamacpp.Server(params)
+
+    def run(self, max_tokens: int) -> tuple[float, float, float, int]:
+        started = time.perf_counter()
+        times: list[float] = []
+
+        def on_chunk(chunk: dict) -> bool:
+            for choice in chunk.get("choices") or []:
+                if (choice.get("delta") or {}).get("content"):
+                    times.append(time.perf_counter())
+            return False
+
+        body = {"messages": PROMPT, "max_tokens": max_tokens, "temperature": 0, "stream": True}
+        self.server.handle_chat_completions(body, on_chunk)
+        total = time.perf_counter() - started
+        speed = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
+        return times[0] - started, speed, total, len(times)
+
+
+def cancel_latency(engine: LocalLLMEngine) -> float:
+    """Seconds from ``cancel()`` (after the 5th piece) to the end of the stream."""
+    stream = engine.stream(PROMPT, temperature=0.7, seed=1, max_new_tokens=400)
+    for _, _ in zip(range(5), stream, strict=False):
+        pass
+    started = time.perf_counter()
+    stream.cancel()
+    for _ in stream:
+        pass
+    return time.perf_counter() - started
+
+
+def backends_table(args: argparse.Namespace) -> None:
+    """Table 2: our two backends and the llama.cpp reference, same GGUF (the transformers copy is converted from
+    it), same prompt, greedy, same number of threads."""
+    files = locate_model(args.model)
+    if files.gguf is None:
+        print(f"\n{args.model} has no GGUF file: no llama.cpp comparison")
+        return
+    threads = default_threads()
+    fast = LocalLLMEngine(args.model, backend=BACKEND_LLAMACPP)
+    fast.load_model()
+    slow = LocalLLMEngine(args.model, backend=BACKEND_TRANSFORMERS) if not args.skip_transformers else None
+    if slow is not None:
+        slow.load_model()
+    reference = LlamaCppReference(files.gguf, threads, fast.loaded.context_window)
+    rows: dict[str, tuple[list[float], list[float]]] = {"fast": ([], []), "slow": ([], []), "ref": ([], [])}
+    for warm in (fast, slow):
+        if warm is not None:
+            ours(warm, 4)
+    reference.run(4)
+    counts = {}
+    for _ in range(args.runs):
+        for name, run in (("ref", lambda: reference.run(args.tokens)), ("fast", lambda: ours(fast, args.tokens)),
+                          ("slow", (lambda: ours(slow, args.tokens)) if slow else None)):
+            if run is None:
+                continue
+            ttft, speed, _, tokens = run()
+            rows[name][0].append(ttft)
+            rows[name][1].append(speed)
+            counts[name] = tokens
+    ref_ttft, ref_speed = median(rows["ref"][0]), median(rows["ref"][1])
+    print(f"\nllama.cpp reference: xllamacpp Server, {files.gguf.name}, {threads} threads, {args.tokens} tokens, "
+          f"median of {args.runs}")
+    print(f"{'path':34} {'TTFT (s)':>9} {'ratio':>6} {'decode tok/s':>13} {'ratio':>6}  target")
+    print(f"{'llama.cpp reference (xllamacpp)':34} {ref_ttft:9.3f} {1:6.2f} {ref_speed:13.1f} {1:6.2f}")
+    table = [("Hearth llama.cpp backend", "fast", ">= 0.95x")]
+    if slow is not None:
+        table.append(("Hearth transformers backend", "slow", ">= 0.50x"))
+    for label, key, target in table:
+        ttft, speed = median(rows[key][0]), median(rows[key][1])
+        # TTFT ratio as reference/ours, so that > 1 is better on both columns.
+        print(f"{label:34} {ttft:9.3f} {ref_ttft / ttft:6.2f} {speed:13.1f} {speed / ref_speed:6.2f}  {target}")
+    if len(set(counts.values())) > 1:
+        print(f"note: tokens generated: {counts}")
+    latencies = {"llama.cpp": median([cancel_latency(fast) for _ in range(args.runs)])}
+    if slow is not None:
+        latencies["transformers"] = median([cancel_latency(slow) for _ in range(args.runs)])
+    print("cancel -> stream ended (ms): " + ", ".join(f"{k} {v * 1000:.1f}" for k, v in latencies.items()))
+    fast.unload_model()
+    if slow is not None:
+        slow.unload_model()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--skip-gguf", action="store_true", help="skip the (slow) direct GGUF load reference")
+    parser.add_argument("--skip-transformers", action="store_true", help="only the llama.cpp comparison")
+    parser.add_argument("--skip-llamacpp", action="store_true", help="only the transformers comparison")
     args = parser.parse_args()
+    if not args.skip_transformers:
+        transformers_table(args)
+    if not args.skip_llamacpp:
+        backends_table(args)
+    return 0
 
+
+def transformers_table(args: argparse.Namespace) -> None:
+    """Table 1: our transformers path against plain model.generate on the same weights."""
     load_ours = []
     for _ in range(args.runs):
-        engine = LocalLLMEngine(args.model)
+        engine = LocalLLMEngine(args.model, backend=BACKEND_TRANSFORMERS)
         load_ours.append(engine.load_model().load_time_s)
         engine.unload_model()
-    engine = LocalLLMEngine(args.model)
+    engine = LocalLLMEngine(args.model, backend=BACKEND_TRANSFORMERS)
     loaded = engine.load_model()
     print(f"model {loaded.model_id} on {loaded.device} ({loaded.dtype}), {args.tokens} tokens, median of {args.runs}")
 
@@ -120,7 +233,7 @@ def main() -> int:
         print(f"note: our reply had {tokens_ours} tokens, the reference {tokens_plain}")
     overhead = median(our_total) / median(plain_total) - 1
     print(f"streaming overhead over plain generate: {overhead * 100:+.1f}% (target <= +10%)")
-    return 0
+    engine.unload_model()
 
 
 if __name__ == "__main__":

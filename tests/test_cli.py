@@ -25,7 +25,7 @@ def run_cli(*args: str, stdin: str | None = None, timeout: float = 120) -> subpr
 
 
 def test_one_message_streams_the_reply_and_saves_the_turn() -> None:
-    first = run_cli("chat", "What is the capital of France?", "--max-tokens", "10", "--temperature", "0")
+    first = run_cli("chat", "What is the capital of France?", "--max-tokens", "16", "--temperature", "0")
     assert first.returncode == 0, first.stderr
     assert "Paris" in first.stdout
     chat_id = re.search(r"--chat-id (\w+)", first.stderr).group(1)

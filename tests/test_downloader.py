@@ -425,7 +425,10 @@ def test_file_selection_prefers_safetensors() -> None:
     assert names == ["config.json", "model.safetensors", "tokenizer.json", "merges.txt"]
     assert "pytorch_model.bin" in [f.path for f in select_files([entry(n) for n in ("config.json", "pytorch_model.bin", "vocab.json")])]
     with pytest.raises(Exception, match="no transformers weights"):
-        select_files([entry("config.json"), entry("tokenizer.json"), entry("model.gguf")])
+        select_files([entry("config.json"), entry("tokenizer.json"), entry("model.onnx")])
+    # A repository of GGUF files (one per quantization): just the preferred one (see tests/test_gguf_models.py).
+    gguf = select_files([entry(n) for n in ("README.md", "m-q8_0.gguf", "m-q4_k_m.gguf", "m-f16.gguf")])
+    assert [f.path for f in gguf] == ["m-q4_k_m.gguf"]
 
 
 def test_two_models_download_at_the_same_time(models_dir: Path, hub: MockHub, small_repo: dict) -> None:

@@ -1,4 +1,7 @@
-"""LocalLLMEngine on the real embedded model (SmolLM2-135M), generating a few tokens per test."""
+"""LocalLLMEngine on the real embedded model (SmolLM2-135M), generating a few tokens per test.
+
+Every test runs against both backends: llama.cpp (the GGUF file as shipped) and transformers (its converted copy).
+"""
 
 from __future__ import annotations
 
@@ -9,20 +12,40 @@ from collections.abc import Iterator
 import pytest
 
 from src.errors import ContextOverflowError, InvalidParameterError, ModelNotDownloadedError, UnknownModelError
+from src.settings import BACKEND_LLAMACPP, BACKEND_TRANSFORMERS
 from src.utils.generation import FINISH_CANCELLED, FINISH_LENGTH, FINISH_STOP, ChatMessage
+from src.utils.llamacpp_backend import llamacpp_available
 from src.utils.LocalLLMEngine import LocalLLMEngine
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 STORY = [{"role": "user", "content": "Write a long story about a dragon who learns to bake bread."}]
 
+BACKENDS = [
+    pytest.param(
+        BACKEND_LLAMACPP,
+        marks=pytest.mark.skipif(not llamacpp_available(), reason="xllamacpp is not installed"),
+        id="llama.cpp",
+    ),
+    pytest.param(BACKEND_TRANSFORMERS, id="transformers"),
+]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
 
 @pytest.fixture(scope="module")
-def engine() -> LocalLLMEngine:
-    shared = LocalLLMEngine.shared()
-    shared.load_model("smollm2-135m")  # another test module may have left a different model loaded
-    return shared
+def engine(backend: str) -> Iterator[LocalLLMEngine]:
+    engine = LocalLLMEngine(backend=backend)
+    engine.load_model("smollm2-135m")
+    yield engine
+    engine.unload_model()
 
 
+def test_the_engine_runs_on_the_backend_asked_for(engine: LocalLLMEngine, backend: str) -> None:
+    assert engine.loaded is not None and engine.loaded.backend == backend
+    assert engine.loaded.context_window == 8192
 
 
 def test_streams_a_real_reply_with_stats(engine: LocalLLMEngine) -> None:
@@ -59,7 +82,9 @@ def test_max_new_tokens_limits_the_reply(engine: LocalLLMEngine) -> None:
     assert result.finish_reason == FINISH_LENGTH
 
 
-def test_cancel_stops_the_generation_thread_within_one_token(engine: LocalLLMEngine) -> None:
+def test_cancel_stops_the_generation_thread_within_one_token(engine: LocalLLMEngine, backend: str) -> None:
+    counters = engine._backend.counters if backend == BACKEND_LLAMACPP else None
+    before = counters() if counters else {}
     stream = engine.stream(STORY, temperature=0.7, seed=1, max_new_tokens=200)
     received = [next(stream)]
     stream.cancel()
@@ -71,6 +96,12 @@ def test_cancel_stops_the_generation_thread_within_one_token(engine: LocalLLMEng
     assert result.stats.completion_tokens < 20
     assert not engine.is_generating
     assert result.text == "".join(received)
+    if counters:
+        # llama.cpp computes in its own threads: its own count of model evaluations proves it stopped too
+        # (one for the prompt, one per token, at most one more in flight), even a moment later.
+        time.sleep(0.3)
+        decodes = counters()["n_decode_total"] - before["n_decode_total"]
+        assert decodes <= result.stats.completion_tokens + 2
 
 
 def test_cancel_from_another_thread_while_the_consumer_waits(engine: LocalLLMEngine) -> None:
@@ -133,8 +164,8 @@ def test_reloads_only_when_the_model_changes(engine: LocalLLMEngine) -> None:
     assert engine.loaded is first, "a failed load must not unload the working model"
 
 
-def test_unload_frees_the_model_and_the_next_call_loads_it_again() -> None:
-    engine = LocalLLMEngine()
+def test_unload_frees_the_model_and_the_next_call_loads_it_again(backend: str) -> None:
+    engine = LocalLLMEngine(backend=backend)
     engine.load_model()
     assert engine.loaded is not None
     engine.unload_model()
@@ -145,9 +176,9 @@ def test_unload_frees_the_model_and_the_next_call_loads_it_again() -> None:
 
 
 @pytest.fixture(scope="module")
-def small() -> Iterator[LocalLLMEngine]:
+def small(backend: str) -> Iterator[LocalLLMEngine]:
     """The embedded model with a 160-token window, so a short history overflows it."""
-    engine = LocalLLMEngine(context_window=160)
+    engine = LocalLLMEngine(context_window=160, backend=backend)
     engine.load_model()
     yield engine
     engine.unload_model()
@@ -167,8 +198,8 @@ class TestContextWindow:
         prompt = small.prepare_prompt(messages, max_new_tokens=16)
         assert prompt.dropped_messages > 0
         assert prompt.dropped_messages % 2 == 0, "a question and its answer go together"
-        assert prompt.input_ids.shape[1] + 16 <= 160
-        text = small._tokenizer.decode(prompt.input_ids[0])
+        assert prompt.prompt_tokens + 16 <= 160
+        text = small.decode(prompt.token_ids)
         assert "code word is BLUE" in text
         assert "What is the code word?" in text
         assert "Question number 0:" not in text

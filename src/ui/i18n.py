@@ -118,6 +118,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "zh": "用法：/build [--config Default|Human|AutoCoder] 要构建的程序（/replay 运行文件夹 可回放一次运行）",
     },
     "code_change": {"en": "Code change: {path}", "zh": "代码变更：{path}"},
+    "engine": {"en": "Engine", "zh": "推理引擎"},
+    "engine_auto": {"en": "Engine: automatic", "zh": "引擎：自动"},
     # local OpenAI-compatible server
     "server_section": {"en": "Local API server (OpenAI-compatible)", "zh": "本地 API 服务（兼容 OpenAI）"},
     "server_switch": {"en": "Serve local models on this computer", "zh": "在本机提供本地模型服务"},

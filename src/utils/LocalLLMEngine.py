@@ -1,8 +1,11 @@
-"""LocalLLMEngine: chat with a local transformers model, streamed, cancellable, within its context window.
+"""LocalLLMEngine: chat with a local model, streamed, cancellable, within its context window.
 
-One model is loaded at a time and reloaded only when another is asked for. ``stream()`` runs ``model.generate`` in a
-worker thread and hands text pieces to the caller as they are decoded; ``cancel()`` on the stream stops the worker
-after the token being computed (a ``StoppingCriteria`` watches the stream's cancel event), not just the display.
+One model is loaded at a time and reloaded only when another is asked for. Two backends run it, behind one
+behaviour (the same tests run against both): llama.cpp for GGUF files (``llamacpp_backend``, the fast path on a CPU)
+and transformers for everything else. ``backends.choose_backend`` picks one per model. ``stream()`` runs the
+generation in a single long-lived worker thread and hands text pieces to the caller as they are decoded;
+``cancel()`` on the stream stops the worker after the token being computed (a ``StoppingCriteria`` for
+transformers, the per-token callback's return value for llama.cpp), not just the display.
 """
 
 from __future__ import annotations
@@ -13,15 +16,15 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from src.errors import ContextOverflowError, ModelLoadError
-from src.settings import DEFAULT_LOCAL_MODEL, get_settings
-from src.utils.catalog import resolve_local_model
+from src.settings import BACKEND_LLAMACPP, BACKEND_TRANSFORMERS, DEFAULT_LOCAL_MODEL, get_settings
+from src.utils.backends import available_backends, choose_backend, get_model_backend, set_model_backend
+from src.utils.catalog import ModelFiles, locate_model, resolve_local_model
 from src.utils.generation import (
     FINISH_CANCELLED,
     FINISH_ERROR,
@@ -91,39 +94,59 @@ class LoadedModel:
     model_id: str
     folder: Path
     device: str
-    dtype: str
+    dtype: str  # torch dtype (transformers) or the GGUF quantization (llama.cpp), e.g. "Q4_1"
     context_window: int
     load_time_s: float
+    backend: str = BACKEND_TRANSFORMERS  # "llama.cpp" or "transformers"
+    weights: Path | None = None  # what was loaded: the GGUF file (llama.cpp) or the model folder
 
 
 @dataclass(frozen=True)
 class PreparedPrompt:
-    input_ids: Any  # torch.LongTensor of shape (1, n)
+    token_ids: tuple[int, ...]
     dropped_messages: int
     max_new_tokens: int
     max_new_tokens_clamped: bool
 
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def input_ids(self) -> Any:
+        """The prompt as a torch tensor of shape (1, n), for transformers."""
+        import torch
+
+        return torch.tensor([self.token_ids], dtype=torch.long)
+
 
 class LocalLLMEngine:
-    """Streams chat replies from a local transformers model. Thread-safe; one generation runs at a time."""
+    """Streams chat replies from a local model. Thread-safe; one generation runs at a time.
 
-    _shared: "LocalLLMEngine | None" = None
+    ``backend`` forces "llama.cpp" or "transformers" for this engine (tests, benchmarks); by default each model gets
+    the one ``backends.choose_backend`` picks (HEARTH_BACKEND, then the per-model setting, then auto).
+    """
+
+    _shared: LocalLLMEngine | None = None
     _shared_lock = threading.Lock()
 
-    def __init__(self, model: str | None = None, *, context_window: int | None = None) -> None:
+    def __init__(
+        self, model: str | None = None, *, context_window: int | None = None, backend: str | None = None
+    ) -> None:
         self._model_ref = model or DEFAULT_LOCAL_MODEL
         self._context_window_override = context_window
+        self._forced_backend = backend
         self._lock = threading.RLock()  # held while loading and while generating
-        self._model: Any = None
-        self._tokenizer: Any = None
+        self._backend: _Backend | None = None
         self._loaded: LoadedModel | None = None
+        self._loaded_key: tuple[str, str] | None = None
         # One long-lived worker thread: torch's intra-op thread pool belongs to the calling thread, and building a
         # new one for every reply costs tens of milliseconds of time to first token on a small CPU.
         self._worker = _GenerationWorker()
         self._generating = threading.Event()
 
     @classmethod
-    def shared(cls) -> "LocalLLMEngine":
+    def shared(cls) -> LocalLLMEngine:
         """The process-wide engine, so chat, workflows and the server never load the same model twice."""
         with cls._shared_lock:
             if cls._shared is None:
@@ -141,80 +164,101 @@ class LocalLLMEngine:
         return self._generating.is_set()
 
     def load_model(self, model: str | None = None) -> LoadedModel:
-        """Load ``model`` (catalog id, folder name or path); a no-op when it is already the loaded one."""
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
+        """Load ``model`` (catalog id, folder name or path, or a .gguf file); a no-op when it is already the loaded
+        one on the same backend."""
         model_ref = model or self._model_ref
-        model_id, folder = resolve_local_model(model_ref)
+        files = locate_model(model_ref)
+        backend_name = self._pick_backend(files)
         with self._lock:
-            if self._loaded is not None and self._loaded.folder == folder.resolve():
+            key = (backend_name, str(self._weights_of(files, backend_name).resolve()))
+            if self._loaded is not None and self._loaded_key == key:
                 self._model_ref = model_ref
                 return self._loaded
             self.unload_model()
-            settings = get_settings()
-            device = pick_device(settings.device)
-            dtype = pick_dtype(device, settings.dtype)
-            hf_logging.disable_progress_bar()
             started = time.perf_counter()
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(folder)
-                loaded_model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
-            except (OSError, ValueError, KeyError) as exc:
-                raise ModelLoadError(f"Cannot load the model in {folder}: {exc}") from exc
-            if tokenizer.chat_template is None:
-                tokenizer.chat_template = _FALLBACK_TEMPLATE
-            self._model, self._tokenizer = loaded_model, tokenizer
+            backend: _Backend
+            if backend_name == BACKEND_LLAMACPP:
+                from src.utils.llamacpp_backend import LlamaCppBackend
+
+                assert files.gguf is not None
+                backend = LlamaCppBackend(files.gguf, context_window=self._context_window_override)
+                folder, weights = files.gguf.parent, files.gguf
+            else:
+                folder, gguf_name = self._transformers_source(files)
+                backend = TransformersBackend(folder, gguf_file=gguf_name, context_window=self._context_window_override)
+                weights = folder / gguf_name if gguf_name else folder
+            self._backend, self._loaded_key = backend, key
             self._model_ref = model_ref
             self._loaded = LoadedModel(
-                model_id=model_id,
+                model_id=files.model_id,
                 folder=folder.resolve(),
-                device=device,
-                dtype=str(dtype).removeprefix("torch."),
-                context_window=self._context_window_of(loaded_model, tokenizer),
+                device=backend.device,
+                dtype=backend.dtype,
+                context_window=backend.context_window,
                 load_time_s=time.perf_counter() - started,
+                backend=backend.name,
+                weights=weights.resolve(),
             )
-            torch.set_grad_enabled(False)
             logger.info(
-                "Loaded %s on %s (%s) in %.1f s", model_id, device, self._loaded.dtype, self._loaded.load_time_s
+                "Loaded %s with %s on %s (%s) in %.1f s",
+                files.model_id, backend.name, backend.device, backend.dtype, self._loaded.load_time_s,
             )
             return self._loaded
+
+    def _pick_backend(self, files: ModelFiles) -> str:
+        if self._forced_backend is None:
+            return choose_backend(files)
+        from src.settings import normalize_backend
+        from src.utils.backends import backends_for
+
+        forced = normalize_backend(self._forced_backend)
+        if forced not in backends_for(files):
+            from src.errors import BackendUnavailableError
+
+            raise BackendUnavailableError(files.model_id, forced, "its files do not allow it", backends_for(files))
+        return forced
+
+    @staticmethod
+    def _weights_of(files: ModelFiles, backend_name: str) -> Path:
+        if backend_name == BACKEND_LLAMACPP or not (files.transformers or files.embedded):
+            assert files.gguf is not None
+            return files.gguf
+        return files.folder
+
+    @staticmethod
+    def _transformers_source(files: ModelFiles) -> tuple[Path, str | None]:
+        """Where transformers loads from: the model folder; for the embedded model its converted copy (made now if
+        needed); for a GGUF-only download the GGUF file itself (transformers de-quantizes it, slowly)."""
+        if files.transformers:
+            return files.folder, None
+        if files.embedded:
+            return resolve_local_model(files.model_id)[1], None
+        assert files.gguf is not None
+        return files.gguf.parent, files.gguf.name
 
     def unload_model(self) -> None:
         """Drop the model and free its memory (and the GPU cache)."""
         with self._lock:
-            if self._model is None:
+            if self._backend is None:
                 return
-            device = self._loaded.device if self._loaded else "cpu"
-            self._model = self._tokenizer = self._loaded = None
+            backend, self._backend, self._loaded, self._loaded_key = self._backend, None, None, None
+            backend.close()
             gc.collect()
-            if device == "cuda":
-                import torch
-
-                torch.cuda.empty_cache()
-
-    def _context_window_of(self, model: Any, tokenizer: Any) -> int:
-        if self._context_window_override:
-            return self._context_window_override
-        window = getattr(model.config, "max_position_embeddings", None) or 2048
-        tokenizer_max = getattr(tokenizer, "model_max_length", None)
-        if isinstance(tokenizer_max, int) and 0 < tokenizer_max < window:
-            window = tokenizer_max
-        return int(window)
 
     # --- prompts --------------------------------------------------------------------------------------------------
 
     def prepare_prompt(self, messages: Sequence[ChatMessage], max_new_tokens: int) -> PreparedPrompt:
         """Apply the chat template, leaving out the oldest turns (never the system prompt, never the last message)
         until prompt + reply fit the context window. Never sends more tokens than the model accepts."""
-        loaded = self._loaded or self.load_model()
-        tokenizer = self._tokenizer
+        with self._lock:
+            loaded = self._loaded or self.load_model()
+            backend = self._backend
+            assert backend is not None
         window = loaded.context_window
         kept = list(messages)
         dropped = 0
-        input_ids = self._encode(tokenizer, kept)
-        while input_ids.shape[1] + max_new_tokens > window:
+        token_ids = backend.encode_chat(kept)
+        while len(token_ids) + max_new_tokens > window:
             droppable = [i for i, m in enumerate(kept[:-1]) if m.role != "system"]
             if not droppable:
                 break
@@ -225,22 +269,22 @@ class LocalLLMEngine:
             if first is not None and kept[first].role == "assistant":
                 del kept[first]
                 dropped += 1
-            input_ids = self._encode(tokenizer, kept)
-        prompt_tokens = int(input_ids.shape[1])
+            token_ids = backend.encode_chat(kept)
+        prompt_tokens = len(token_ids)
         if prompt_tokens >= window:
             raise ContextOverflowError(needed=prompt_tokens + 1, limit=window)
         allowed = min(max_new_tokens, window - prompt_tokens)
         if dropped:
             logger.info("Left out %d old message(s) to fit the %d-token context window", dropped, window)
-        return PreparedPrompt(input_ids, dropped, allowed, allowed < max_new_tokens)
+        return PreparedPrompt(tuple(token_ids), dropped, allowed, allowed < max_new_tokens)
 
-    @staticmethod
-    def _encode(tokenizer: Any, messages: Sequence[ChatMessage]) -> Any:
-        text = tokenizer.apply_chat_template(
-            [m.as_dict() for m in messages], add_generation_prompt=True, tokenize=False
-        )
-        # The template already wrote the special tokens (BOS etc.); adding them again would double them.
-        return tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """Token ids of the loaded model back to text (special tokens included)."""
+        with self._lock:
+            if self._backend is None:
+                self.load_model()
+            assert self._backend is not None
+            return self._backend.decode(list(token_ids))
 
     # --- generation -----------------------------------------------------------------------------------------------
 
@@ -262,10 +306,11 @@ class LocalLLMEngine:
         chat = as_chat_messages(messages)
         with self._lock:
             loaded = self.load_model(model) if model or self._loaded is None else self._loaded
-            model, tokenizer = self._model, self._tokenizer
+            backend = self._backend
+            assert backend is not None
             prompt = self.prepare_prompt(chat, params.max_new_tokens)
         text_stream = TextStream()
-        return text_stream.start(self._produce(text_stream, model, tokenizer, loaded, prompt, params))
+        return text_stream.start(self._produce(text_stream, backend, loaded, prompt, params))
 
     def complete(
         self, messages: Sequence[ChatMessage | dict[str, str]], params: GenerationParams | None = None, **overrides: Any
@@ -281,44 +326,27 @@ class LocalLLMEngine:
     def _produce(
         self,
         text_stream: TextStream,
-        model: Any,
-        tokenizer: Any,
+        backend: _Backend,
         loaded: LoadedModel,
         prompt: PreparedPrompt,
         params: GenerationParams,
     ) -> Iterator[str]:
-        import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
-
         pieces: queue.Queue[object] = queue.Queue()
-        streamer = _IncrementalDecoder(tokenizer, pieces)
+        sink = _TokenSink(pieces)
         stop_filter = StopStringFilter(params.stop)
         stop_requested = threading.Event()
         cancelled = text_stream.cancelled
-
-        class _StopWhenAsked(StoppingCriteria):
-            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-                done = cancelled.is_set() or stop_requested.is_set()
-                return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
-
-        generation_config = self._generation_config(model, tokenizer, params, prompt.max_new_tokens)
-        input_ids = prompt.input_ids.to(loaded.device)
         failure: list[BaseException] = []
+
+        def should_stop() -> bool:
+            return cancelled.is_set() or stop_requested.is_set()
 
         def run() -> None:
             try:
-                with self._lock, torch.inference_mode():
+                with self._lock:
                     self._generating.set()
-                    if params.seed is not None:
-                        torch.manual_seed(params.seed)
-                    model.generate(
-                        input_ids=input_ids,
-                        attention_mask=torch.ones_like(input_ids),
-                        generation_config=generation_config,
-                        streamer=streamer,
-                        stopping_criteria=StoppingCriteriaList([_StopWhenAsked()]),
-                    )
-            except BaseException as exc:  # reported to the consumer, re-raised in its thread
+                    backend.generate(prompt.token_ids, params, prompt.max_new_tokens, sink, should_stop)
+            except BaseException as exc:  # noqa: BLE001 - reported to the consumer, re-raised in its thread
                 failure.append(exc)
             finally:
                 self._generating.clear()
@@ -348,7 +376,7 @@ class LocalLLMEngine:
                 yield tail
             if cancelled.is_set():
                 finish_reason = FINISH_CANCELLED
-            elif stop_filter.stopped or streamer.completion_tokens < prompt.max_new_tokens or streamer.ended_on_eos:
+            elif stop_filter.stopped or sink.completion_tokens < prompt.max_new_tokens or sink.ended_on_eos:
                 finish_reason = FINISH_STOP
             else:
                 finish_reason = FINISH_LENGTH
@@ -366,14 +394,115 @@ class LocalLLMEngine:
                 text="".join(parts),
                 model=loaded.model_id,
                 finish_reason=finish_reason,
-                stats=streamer.stats(prompt_tokens=int(prompt.input_ids.shape[1]), started=started),
+                stats=sink.stats(prompt_tokens=prompt.prompt_tokens, started=started),
                 dropped_messages=prompt.dropped_messages,
                 max_new_tokens_clamped_to=prompt.max_new_tokens if prompt.max_new_tokens_clamped else None,
             )
 
+
+class _Backend(Protocol):
+    """What the engine needs from a backend. ``generate`` runs in the engine's worker thread."""
+
+    name: str
+    device: str
+    dtype: str
+    context_window: int
+
+    def encode_chat(self, messages: Sequence[ChatMessage]) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    def generate(
+        self,
+        token_ids: Sequence[int],
+        params: GenerationParams,
+        max_new_tokens: int,
+        sink: _TokenSink,
+        should_stop: Callable[[], bool],
+    ) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class TransformersBackend:
+    """A transformers model folder (or a GGUF file de-quantized by transformers) on CUDA, MPS or the CPU."""
+
+    name = BACKEND_TRANSFORMERS
+
+    def __init__(self, folder: Path, *, gguf_file: str | None = None, context_window: int | None = None) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        settings = get_settings()
+        self.device = pick_device(settings.device)
+        torch_dtype = pick_dtype(self.device, settings.dtype)
+        hf_logging.disable_progress_bar()
+        extra = {"gguf_file": gguf_file} if gguf_file else {}
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder, **extra)
+            if gguf_file:  # de-quantized in float32, then cast like any other model
+                model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **extra).to(torch_dtype)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
+            model = model.to(self.device).eval()
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelLoadError(f"Cannot load the model in {folder}: {exc}") from exc
+        if tokenizer.chat_template is None:
+            tokenizer.chat_template = _FALLBACK_TEMPLATE
+        self.model, self.tokenizer = model, tokenizer
+        self.dtype = str(torch_dtype).removeprefix("torch.")
+        self.context_window = context_window or self._context_window_of(model, tokenizer)
+        torch.set_grad_enabled(False)
+
     @staticmethod
-    def _generation_config(model: Any, tokenizer: Any, params: GenerationParams, max_new_tokens: int) -> Any:
-        config = copy.deepcopy(model.generation_config)
+    def _context_window_of(model: Any, tokenizer: Any) -> int:
+        window = getattr(model.config, "max_position_embeddings", None) or 2048
+        tokenizer_max = getattr(tokenizer, "model_max_length", None)
+        if isinstance(tokenizer_max, int) and 0 < tokenizer_max < window:
+            window = tokenizer_max
+        return int(window)
+
+    def encode_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(
+            [m.as_dict() for m in messages], add_generation_prompt=True, tokenize=False
+        )
+        # The template already wrote the special tokens (BOS etc.); adding them again would double them.
+        return [int(i) for i in self.tokenizer(text, add_special_tokens=False)["input_ids"]]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids)))
+
+    def generate(
+        self,
+        token_ids: Sequence[int],
+        params: GenerationParams,
+        max_new_tokens: int,
+        sink: _TokenSink,
+        should_stop: Callable[[], bool],
+    ) -> None:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        class _StopWhenAsked(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                return torch.full((input_ids.shape[0],), should_stop(), dtype=torch.bool, device=input_ids.device)
+
+        input_ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            self.model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                generation_config=self._generation_config(params, max_new_tokens),
+                streamer=_IncrementalDecoder(self.tokenizer, sink),
+                stopping_criteria=StoppingCriteriaList([_StopWhenAsked()]),
+            )
+
+    def _generation_config(self, params: GenerationParams, max_new_tokens: int) -> Any:
+        config = copy.deepcopy(self.model.generation_config)
+        tokenizer = self.tokenizer
         config.max_new_tokens = max_new_tokens
         config.max_length = None
         config.repetition_penalty = params.repetition_penalty
@@ -389,6 +518,15 @@ class LocalLLMEngine:
             config.do_sample = False
             config.temperature = config.top_p = config.top_k = None
         return config
+
+    def close(self) -> None:
+        device = self.device
+        self.model = self.tokenizer = None
+        gc.collect()
+        if device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
 
 
 _END = object()
@@ -422,52 +560,29 @@ class _GenerationWorker:
                 done.set()
 
 
-class _IncrementalDecoder:
-    """A transformers streamer that turns token ids into text pieces as they come.
+class _TokenSink:
+    """Where a backend reports progress: new tokens with the text they completed (possibly none: half a
+    character), then whether it ended on end-of-sequence. Keeps the counts and timings for the stats."""
 
-    It decodes a sliding window of ids (the approach of text-generation-inference) so that each step costs O(1)
-    rather than re-decoding the whole reply, and holds back text that ends in an incomplete UTF-8 sequence, so a
-    Chinese character split over two tokens is never shown as '\ufffd'.
-    """
-
-    def __init__(self, tokenizer: Any, out: "queue.Queue[object]") -> None:
-        self._tokenizer = tokenizer
+    def __init__(self, out: queue.Queue[object]) -> None:
         self._out = out
-        self._ids: list[int] = []
-        self._prefix_offset = 0
-        self._read_offset = 0
-        self._prompt_seen = False
-        self._eos_ids = set(_as_list(tokenizer.eos_token_id))
-        self.ended_on_eos = False
         self.completion_tokens = 0
+        self.ended_on_eos = False
         self.first_token_at: float | None = None
         self.last_token_at: float | None = None
 
-    def put(self, value: Any) -> None:
-        if not self._prompt_seen:  # generate() first hands the streamer the prompt itself
-            self._prompt_seen = True
-            return
-        now = time.perf_counter()
-        if self.first_token_at is None:
-            self.first_token_at = now
-        self.last_token_at = now
-        new_ids = [int(i) for i in value.reshape(-1).tolist()]
-        self.completion_tokens += len(new_ids)
-        self.ended_on_eos = bool(new_ids) and new_ids[-1] in self._eos_ids
-        self._ids.extend(new_ids)
-        decode = self._tokenizer.decode
-        prefix = decode(self._ids[self._prefix_offset : self._read_offset], skip_special_tokens=True)
-        full = decode(self._ids[self._prefix_offset :], skip_special_tokens=True)
-        if len(full) > len(prefix) and not full.endswith("\ufffd"):
-            self._out.put(full[len(prefix) :])
-            self._prefix_offset, self._read_offset = self._read_offset, len(self._ids)
+    def tokens(self, count: int, text: str) -> None:
+        if count:
+            now = time.perf_counter()
+            if self.first_token_at is None:
+                self.first_token_at = now
+            self.last_token_at = now
+            self.completion_tokens += count
+        if text:
+            self._out.put(text)
 
-    def end(self) -> None:
-        # A reply cut by max_new_tokens can end inside a multi-byte character: drop that half character.
-        tail = self._tokenizer.decode(self._ids[self._prefix_offset :], skip_special_tokens=True).rstrip("\ufffd")
-        prefix = self._tokenizer.decode(self._ids[self._prefix_offset : self._read_offset], skip_special_tokens=True)
-        if len(tail) > len(prefix):
-            self._out.put(tail[len(prefix) :])
+    def finished(self, *, eos: bool) -> None:
+        self.ended_on_eos = eos
 
     def stats(self, prompt_tokens: int, started: float) -> GenerationStats:
         ttft = (self.first_token_at - started) if self.first_token_at is not None else None
@@ -484,7 +599,59 @@ class _IncrementalDecoder:
         )
 
 
+class _IncrementalDecoder:
+    """A transformers streamer that turns token ids into text pieces as they come.
+
+    It decodes a sliding window of ids (the approach of text-generation-inference) so that each step costs O(1)
+    rather than re-decoding the whole reply, and holds back text that ends in an incomplete UTF-8 sequence, so a
+    Chinese character split over two tokens is never shown as '\ufffd'.
+    """
+
+    def __init__(self, tokenizer: Any, sink: _TokenSink) -> None:
+        self._tokenizer = tokenizer
+        self._sink = sink
+        self._ids: list[int] = []
+        self._prefix_offset = 0
+        self._read_offset = 0
+        self._prompt_seen = False
+        self._eos_ids = set(_as_list(tokenizer.eos_token_id))
+
+    def put(self, value: Any) -> None:
+        if not self._prompt_seen:  # generate() first hands the streamer the prompt itself
+            self._prompt_seen = True
+            return
+        new_ids = [int(i) for i in value.reshape(-1).tolist()]
+        self._sink.finished(eos=bool(new_ids) and new_ids[-1] in self._eos_ids)
+        self._ids.extend(new_ids)
+        decode = self._tokenizer.decode
+        prefix = decode(self._ids[self._prefix_offset : self._read_offset], skip_special_tokens=True)
+        full = decode(self._ids[self._prefix_offset :], skip_special_tokens=True)
+        text = ""
+        if len(full) > len(prefix) and not full.endswith("\ufffd"):
+            text = full[len(prefix) :]
+            self._prefix_offset, self._read_offset = self._read_offset, len(self._ids)
+        self._sink.tokens(len(new_ids), text)
+
+    def end(self) -> None:
+        # A reply cut by max_new_tokens can end inside a multi-byte character: drop that half character.
+        tail = self._tokenizer.decode(self._ids[self._prefix_offset :], skip_special_tokens=True).rstrip("\ufffd")
+        prefix = self._tokenizer.decode(self._ids[self._prefix_offset : self._read_offset], skip_special_tokens=True)
+        if len(tail) > len(prefix):
+            self._sink.tokens(0, tail[len(prefix) :])
+
+
 def _as_list(value: Any) -> list[int]:
     if value is None:
         return []
     return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
+
+
+__all__ = [
+    "LoadedModel",
+    "LocalLLMEngine",
+    "PreparedPrompt",
+    "TransformersBackend",
+    "available_backends",
+    "get_model_backend",
+    "set_model_backend",
+]

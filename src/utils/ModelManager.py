@@ -233,6 +233,7 @@ class ModelManager:
                 hub,
                 progress=progress,
                 cancel=cancel,
+                gguf_file=entry.gguf_file,
             )
             return job.run()
         finally:

@@ -38,9 +38,9 @@ def embedded_gguf_path() -> Path:
 
 def ensure_embedded_model(target: Path) -> Path:
     """Return ``target`` holding the converted model, converting it first if needed."""
-    from src.utils.catalog import is_loadable_model_dir
+    from src.utils.catalog import is_transformers_model_dir
 
-    if is_loadable_model_dir(target):
+    if is_transformers_model_dir(target):
         return target
     gguf = embedded_gguf_path()
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -58,7 +58,7 @@ def ensure_embedded_model(target: Path) -> Path:
         try:
             temp.rename(target)
         except OSError:
-            if not is_loadable_model_dir(target):
+            if not is_transformers_model_dir(target):
                 raise
             logger.info("Another process finished the conversion first; using its result.")
     finally:

@@ -47,6 +47,9 @@ _OPTIONAL_FILES = (
 )
 _SAFETENSORS_PATTERNS = ("*.safetensors", "model.safetensors.index.json")
 _PYTORCH_PATTERNS = ("pytorch_model*.bin", "pytorch_model.bin.index.json")
+# A GGUF repository holds one file per quantization: we fetch one. 4-bit K-quants keep nearly all the quality at a
+# quarter of the size and are what llama.cpp runs fastest on a CPU; then the next best trade-offs.
+GGUF_QUANT_PREFERENCE = ("q4_k_m", "q4_k_s", "q4_0", "q5_k_m", "q4_1", "q5_0", "q6_k", "q8_0", "f16", "bf16")
 
 
 def validate_repo_id(repo: str) -> str:
@@ -254,10 +257,12 @@ class HubClient:
         order = healthy + [e for e in self.endpoints if e not in healthy]
         return chosen[0], chosen[1], order
 
-    def snapshot(self, endpoint: str, repo: str, revision: str, commit: str) -> RepoSnapshot:
+    def snapshot(
+        self, endpoint: str, repo: str, revision: str, commit: str, *, gguf_file: str | None = None
+    ) -> RepoSnapshot:
         """The files of ``repo`` at ``commit`` that loading needs, with sizes and checksums."""
         entries = self._tree(endpoint, repo, commit)
-        files = select_files(entries)
+        files = select_files(entries, gguf_file=gguf_file)
         return RepoSnapshot(repo=repo, revision=revision, commit=commit, files=tuple(files))
 
     def _tree(self, endpoint: str, repo: str, commit: str) -> list[dict[str, Any]]:
@@ -278,9 +283,29 @@ class HubClient:
         return entries
 
 
-def select_files(entries: list[dict[str, Any]]) -> list[RemoteFile]:
-    """Pick what transformers needs from a repository listing: config, weights (safetensors preferred over
-    PyTorch .bin), tokenizer, and the optional extras. Only top-level files: sub-folders hold other formats."""
+def pick_gguf_file(names: list[str], wanted: str | None = None) -> str | None:
+    """The one GGUF file to fetch from a repository's top-level ``names``: ``wanted`` if given (matched without
+    regard to case), else the first quantization in ``GGUF_QUANT_PREFERENCE``; single-file models only (a model
+    split into ``-00001-of-00003`` parts is skipped) and never a multimodal projector."""
+    ggufs = [
+        n
+        for n in names
+        if n.lower().endswith(".gguf") and "mmproj" not in n.lower() and not re.search(r"-\d{5}-of-\d{5}\.gguf$", n)
+    ]
+    if wanted is not None:
+        return next((n for n in ggufs if n.lower() == wanted.lower()), None)
+    for quant in GGUF_QUANT_PREFERENCE:
+        pattern = re.compile(rf"(^|[-_.]){re.escape(quant)}([-_.]|$)", re.IGNORECASE)
+        hits = sorted(n for n in ggufs if pattern.search(n.removesuffix(".gguf").removesuffix(".GGUF") + "."))
+        if hits:
+            return hits[0]
+    return min(ggufs) if ggufs else None
+
+
+def select_files(entries: list[dict[str, Any]], *, gguf_file: str | None = None) -> list[RemoteFile]:
+    """Pick what loading needs from a repository listing: config, weights (safetensors preferred over PyTorch
+    .bin), tokenizer, and the optional extras; for a repository of GGUF files (no transformers weights, or
+    ``gguf_file`` asked for), just the one GGUF file. Only top-level files: sub-folders hold other formats."""
     files = {
         e["path"]: e
         for e in entries
@@ -294,8 +319,16 @@ def select_files(entries: list[dict[str, Any]]) -> list[RemoteFile]:
     weights = matching(_SAFETENSORS_PATTERNS)
     if not any(n.endswith(".safetensors") for n in weights):
         weights = matching(_PYTORCH_PATTERNS)
-    if not any(n.endswith((".safetensors", ".bin")) for n in weights):
-        raise DownloadError("This repository has no transformers weights (safetensors or PyTorch .bin) to load.")
+    if gguf_file is not None or not any(n.endswith((".safetensors", ".bin")) for n in weights):
+        gguf = pick_gguf_file(names, gguf_file)
+        if gguf is not None:
+            return [_remote_file(gguf, files[gguf], required=True)]
+        if gguf_file is not None:
+            raise DownloadError(f"This repository has no file {gguf_file!r}.")
+        raise DownloadError(
+            "This repository has no transformers weights (safetensors or PyTorch .bin) and no single-file GGUF "
+            "model to load."
+        )
     for required in _REQUIRED_FILES:
         if required not in files:
             raise DownloadError(f"This repository has no {required}; it is not a transformers model.")
@@ -304,20 +337,18 @@ def select_files(entries: list[dict[str, Any]]) -> list[RemoteFile]:
         raise DownloadError("This repository has no tokenizer (tokenizer.json, tokenizer.model or vocab.json).")
     chosen = [(n, True) for n in (*_REQUIRED_FILES, *weights, *tokenizer)]
     chosen += [(n, False) for n in _OPTIONAL_FILES if n in files]
-    out = []
-    for name, required in chosen:
-        entry = files[name]
-        lfs = entry.get("lfs") if isinstance(entry.get("lfs"), dict) else None
-        out.append(
-            RemoteFile(
-                path=name,
-                size=int(lfs.get("size", entry.get("size", 0)) if lfs else entry.get("size", 0)),
-                sha256=str(lfs["oid"]) if lfs and lfs.get("oid") else None,
-                git_oid=None if lfs else (str(entry["oid"]) if entry.get("oid") else None),
-                required=required,
-            )
-        )
-    return out
+    return [_remote_file(name, files[name], required) for name, required in chosen]
+
+
+def _remote_file(name: str, entry: dict[str, Any], required: bool) -> RemoteFile:
+    lfs = entry.get("lfs") if isinstance(entry.get("lfs"), dict) else None
+    return RemoteFile(
+        path=name,
+        size=int(lfs.get("size", entry.get("size", 0)) if lfs else entry.get("size", 0)),
+        sha256=str(lfs["oid"]) if lfs and lfs.get("oid") else None,
+        git_oid=None if lfs else (str(entry["oid"]) if entry.get("oid") else None),
+        required=required,
+    )
 
 
 def _describe(exc: Exception) -> str:

@@ -4,7 +4,6 @@ folder, and driven in headless Chromium. Replies come from the real embedded mod
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from src.db.models import Message
 from src.settings import PROJECT_ROOT
 from src.utils.catalog import resolve_local_model
 from src.utils.ModelManager import STATUS_PARTIAL, STATUS_READY, ModelManager
-from tests.e2e.harness import AppServer, E2EError, free_port, open_app, poll_text, press_enter, type_into, wait_for_text
+from tests.e2e.harness import E2EError, free_port, open_app, press_enter, type_into, wait_for_text
 from tests.mock_hub import Faults, MockHub
 from tests.openai_test_server import OpenAITestServer
 
@@ -383,3 +382,12 @@ def test_settings_switch_serves_the_local_models_through_the_openai_api(hearth: 
     wait_for_words(page, "Not serving", timeout=30)
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+
+    # The engine that runs a model is chosen per model; the choice is stored and used at the next load.
+    from src.utils.backends import get_model_backend
+
+    engine = page.get_by_role("button", name="Engine", exact=True)
+    engine.scroll_into_view_if_needed()
+    engine.click()
+    page.get_by_role("button", name="transformers", exact=True).click()
+    wait_until(lambda: get_model_backend("smollm2-135m") == "transformers", 10, "the stored engine choice")

@@ -256,6 +256,10 @@ class SettingsPage:
                 buttons.append(ft.OutlinedButton(tr("verify"), icon=ft.Icons.VERIFIED, on_click=lambda e: self.verify(model_id)))
             if info.status != STATUS_NOT_DOWNLOADED and not running:
                 buttons.append(ft.TextButton(tr("delete"), icon=ft.Icons.DELETE_OUTLINE, on_click=lambda e: self.ask_delete(info)))
+        if info.status in (STATUS_EMBEDDED, STATUS_READY):
+            engine_choice = self._engine_choice(model_id)
+            if engine_choice is not None:
+                buttons.append(engine_choice)
         self.card_parts[model_id] = {"progress": progress, "detail": detail, "status": status}
         if running and handle.latest is not None:
             self._apply_progress(model_id, handle.latest)
@@ -281,6 +285,40 @@ class SettingsPage:
                 ),
             )
         )
+
+    def _engine_choice(self, model_id: str) -> ft.Control | None:
+        """Which engine runs this model: auto (llama.cpp for GGUF files, else transformers) or a fixed one."""
+        from src.utils.backends import available_backends, get_model_backend
+
+        try:
+            choices = available_backends(model_id)
+        except HearthError:
+            return None
+        if len(choices) <= 2:  # "auto" and a single engine: nothing to choose
+            return None
+        labels = {"auto": self.tr("engine_auto")}
+        dropdown = ft.Dropdown(
+            value=get_model_backend(model_id),
+            options=[ft.dropdown.Option(key=c, text=labels.get(c, c)) for c in choices],
+            width=220,
+            dense=True,
+            on_select=lambda e: self.set_engine(model_id, e.control.value),
+        )
+        return ft.Semantics(label=self.tr("engine"), container=True, content=dropdown)
+
+    def set_engine(self, model_id: str, backend: str) -> None:
+        from src.utils.backends import set_model_backend
+        from src.utils.LocalLLMEngine import LocalLLMEngine
+
+        try:
+            set_model_backend(model_id, backend)
+        except HearthError as exc:
+            self.app.show_error(str(exc))
+            self.app.page.update()
+            return
+        engine = LocalLLMEngine.shared()
+        if engine.loaded is not None and engine.loaded.model_id == model_id and not engine.is_generating:
+            engine.unload_model()  # the next reply loads it on the chosen engine
 
     def use_local(self, model_id: str) -> None:
         self.app.use_local_model(model_id)
