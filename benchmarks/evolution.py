@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the app does: no spinning threads on a shared 2-core CPU
+# OMP_WAIT_POLICY is not set: the CLI leaves OpenMP's default too (see src/workflows/evolution/cli.py).
 
 
 def rss_mb() -> float:
