@@ -546,15 +546,22 @@ class _GenerationResponse(Response):
     def _finish_reason(result: GenerationResult | None) -> str:
         return "length" if result is not None and result.finish_reason == FINISH_LENGTH else "stop"
 
-    async def _answer_json(self, send: Send) -> None:
+    async def _generation_started(self, send: Send) -> bool:
+        """Wait for the worker's first item; when the client left or the model failed to start, answer (or not)
+        and return False. Nothing has been sent before this, so a failure is still a plain HTTP error."""
         first = await self._next()
         if first is _GONE:
             self._on_gone()
             if self._shutting_down:
                 await self._send_error(send, _shutting_down_error())
-            return
+            return False
         if first[0] == "error":
             await self._send_error(send, self._error_for(first[1]))
+            return False
+        return True
+
+    async def _answer_json(self, send: Send) -> None:
+        if not await self._generation_started(send):
             return
         pieces: list[str] = [self.parsed.echo] if self.parsed.echo else []
         first_token_at = None
@@ -634,14 +641,7 @@ class _GenerationResponse(Response):
         return prefix, suffix, encode
 
     async def _answer_stream(self, send: Send) -> None:
-        first = await self._next()
-        if first is _GONE:
-            self._on_gone()
-            if self._shutting_down:
-                await self._send_error(send, _shutting_down_error())
-            return
-        if first[0] == "error":
-            await self._send_error(send, self._error_for(first[1]))
+        if not await self._generation_started(send):
             return
         prefix, suffix, encode = self._chunk_codec()
         usage_null: dict[str, Any] = {"usage": None} if self.parsed.include_usage else {}

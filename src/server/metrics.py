@@ -53,20 +53,18 @@ class _Metric:
         return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
 
 
-class Counter(_Metric):
-    kind = "counter"
+class _LabelledValues(_Metric):
+    """One number per combination of label values (counters and gauges)."""
 
     def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
         super().__init__(name, help_text, labels)
         self._values: dict[tuple[str, ...], float] = {} if labels else {(): 0.0}
 
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        key = tuple(str(labels[n]) for n in self.label_names)
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
+    def _key(self, labels: dict[str, str]) -> tuple[str, ...]:
+        return tuple(str(labels[n]) for n in self.label_names)
 
     def value(self, **labels: str) -> float:
-        return self._values.get(tuple(str(labels[n]) for n in self.label_names), 0.0)
+        return self._values.get(self._key(labels), 0.0)
 
     def render(self) -> list[str]:
         with self._lock:
@@ -74,29 +72,26 @@ class Counter(_Metric):
         return [*self.header(), *(f"{self.name}{_labels(self.label_names, k)} {_number(v)}" for k, v in items)]
 
 
-class Gauge(_Metric):
+class Counter(_LabelledValues):
+    kind = "counter"
+
+    def inc(self, amount: float = 1.0, **labels: str) -> None:
+        key = self._key(labels)
+        with self._lock:
+            self._values[key] = self._values.get(key, 0.0) + amount
+
+
+class Gauge(_LabelledValues):
     kind = "gauge"
 
-    def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
-        super().__init__(name, help_text, labels)
-        self._values: dict[tuple[str, ...], float] = {} if labels else {(): 0.0}
-
     def set(self, value: float, **labels: str) -> None:
-        key = tuple(str(labels[n]) for n in self.label_names)
+        key = self._key(labels)
         with self._lock:
             self._values[key] = float(value)
 
     def replace_all(self, values: Iterable[tuple[tuple[str, ...], float]]) -> None:
         with self._lock:
             self._values = dict(values)
-
-    def value(self, **labels: str) -> float:
-        return self._values.get(tuple(str(labels[n]) for n in self.label_names), 0.0)
-
-    def render(self) -> list[str]:
-        with self._lock:
-            items = sorted(self._values.items())
-        return [*self.header(), *(f"{self.name}{_labels(self.label_names, k)} {_number(v)}" for k, v in items)]
 
 
 class Histogram(_Metric):
