@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import flet as ft
@@ -40,7 +41,7 @@ class _PendingReply:
 
 
 class ChatPage:
-    def __init__(self, app: "HearthApp") -> None:
+    def __init__(self, app: HearthApp) -> None:
         self.app = app
         self.tr = app.tr
         self.chats = ChatStore()
@@ -355,6 +356,18 @@ class ChatPage:
         self._update_send_button()
         self.app.page.update()
 
+    def run_workflow(self, workflow: Any, work: Callable[[], Any]) -> None:
+        """On the workflow's own thread: run it, then hand the result, or a readable error, to the UI."""
+        try:
+            result = work()
+        except HearthError as exc:
+            self.app.call_ui(self._workflow_finished, workflow, None, str(exc))
+            return
+        except Exception as exc:  # a bug: a banner, never a frozen chat
+            self.app.call_ui(self._workflow_finished, workflow, None, f"{type(exc).__name__}: {exc}")
+            return
+        self.app.call_ui(self._workflow_finished, workflow, result, None)
+
     def _workflow_finished(self, workflow: Any, result: Any, error: str | None) -> None:
         self.reply = None
         self.input.label = self.tr("message_hint")
@@ -404,7 +417,7 @@ class ChatPage:
             target=self._open_reply, args=(open_reply, chat_id, live, pending, user_text), daemon=True
         ).start()
 
-    def _open_reply(self, open_reply: Any, chat_id: str, live: ft.Markdown, pending: "_PendingReply", user_text: str | None) -> None:
+    def _open_reply(self, open_reply: Any, chat_id: str, live: ft.Markdown, pending: _PendingReply, user_text: str | None) -> None:
         try:
             reply = open_reply(chat_id)
         except Exception as exc:  # typed errors read well; anything else is still a banner, never a frozen UI

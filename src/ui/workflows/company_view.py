@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 import flet as ft
 
-from src.errors import HearthError
 from src.settings import get_settings
 
 if TYPE_CHECKING:
@@ -97,7 +96,7 @@ def parse_replay_command(text: str) -> str | None:
 class CompanyBuild:
     """One running (or finished) build inside the chat page."""
 
-    def __init__(self, chat: "ChatPage", config: str, task: str) -> None:
+    def __init__(self, chat: ChatPage, config: str, task: str) -> None:
         self.chat = chat
         self.app = chat.app
         self.tr = chat.tr
@@ -136,28 +135,23 @@ class CompanyBuild:
         self.chat._update_send_button()
 
     def _run(self) -> None:
+        self.chat.run_workflow(self, self._build_and_run)
+
+    def _build_and_run(self) -> Any:
         from src.workflows.company.runner import CompanyRun
 
         name = "_".join(self.task.split()[:3]) or "project"
-        try:
-            run = CompanyRun(
-                self.task,
-                name,
-                config=self.config,
-                model=self.app.handler.model,
-                max_tokens=min(512, get_settings().max_new_tokens),
-                on_event=lambda event: self.app.call_ui(self._show_event, event),
-                cancel=self.cancel_event,
-                human=self._ask_human,
-            )
-            result = run.run()
-        except HearthError as exc:
-            self.app.call_ui(self.chat._workflow_finished, self, None, str(exc))
-            return
-        except Exception as exc:  # a bug: a banner, never a frozen chat
-            self.app.call_ui(self.chat._workflow_finished, self, None, f"{type(exc).__name__}: {exc}")
-            return
-        self.app.call_ui(self.chat._workflow_finished, self, result, None)
+        run = CompanyRun(
+            self.task,
+            name,
+            config=self.config,
+            model=self.app.handler.model,
+            max_tokens=min(512, get_settings().max_new_tokens),
+            on_event=lambda event: self.app.call_ui(self._show_event, event),
+            cancel=self.cancel_event,
+            human=self._ask_human,
+        )
+        return run.run()
 
     # --- rendering ---------------------------------------------------------------------------------------------
 

@@ -16,8 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 import flet as ft
 
-from src.errors import HearthError
-
 if TYPE_CHECKING:
     from src.ui.chat.chat_page import ChatPage
 
@@ -102,15 +100,7 @@ class EvolutionChatRun:
         threading.Thread(target=self._run, name="hearth-evolution", daemon=True).start()
 
     def _run(self) -> None:
-        try:
-            result = self.simulation.run()
-        except HearthError as exc:
-            self.app.call_ui(self.chat._workflow_finished, self, None, str(exc))
-            return
-        except Exception as exc:  # a bug: a banner, never a frozen chat
-            self.app.call_ui(self.chat._workflow_finished, self, None, f"{type(exc).__name__}: {exc}")
-            return
-        self.app.call_ui(self.chat._workflow_finished, self, result, None)
+        self.chat.run_workflow(self, self.simulation.run)
 
     def _on_event(self, event: Any) -> None:
         # Called on the simulation's thread: progress is thinned out here so the UI loop is never flooded.

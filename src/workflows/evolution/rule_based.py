@@ -150,6 +150,18 @@ def run_policy(
     return world
 
 
+def _run_generation(
+    policy: RuleBasedPolicy | RandomPolicy, world_size: int, num_agents: int, steps: int, seed: int, **world_options: float
+) -> list[float]:
+    world = World(size=world_size, seed=seed, num_agents=num_agents, **world_options)  # type: ignore[arg-type]
+    run_policy(world, policy, steps)
+    fitnesses = world.fitnesses()
+    logger.debug(
+        "%s generation seed=%d: mean fitness %.1f", type(policy).__name__, seed, sum(fitnesses) / max(1, len(fitnesses))
+    )
+    return fitnesses
+
+
 def run_rule_based_generation(
     world_size: int = 20,
     num_agents: int = 20,
@@ -158,11 +170,7 @@ def run_rule_based_generation(
     **world_options: float,
 ) -> list[float]:
     """Fitness of every agent after one generation of the rule-based population in a fresh ``World(seed=seed)``."""
-    world = World(size=world_size, seed=seed, num_agents=num_agents, **world_options)  # type: ignore[arg-type]
-    run_policy(world, RuleBasedPolicy(seed=seed), steps)
-    fitnesses = world.fitnesses()
-    logger.debug("rule-based generation seed=%d: mean fitness %.1f", seed, sum(fitnesses) / max(1, len(fitnesses)))
-    return fitnesses
+    return _run_generation(RuleBasedPolicy(seed=seed), world_size, num_agents, steps, seed, **world_options)
 
 
 def run_random_generation(
@@ -173,6 +181,4 @@ def run_random_generation(
     **world_options: float,
 ) -> list[float]:
     """Like ``run_rule_based_generation`` with uniformly random valid actions."""
-    world = World(size=world_size, seed=seed, num_agents=num_agents, **world_options)  # type: ignore[arg-type]
-    run_policy(world, RandomPolicy(seed=seed), steps)
-    return world.fitnesses()
+    return _run_generation(RandomPolicy(seed=seed), world_size, num_agents, steps, seed, **world_options)
