@@ -111,8 +111,7 @@ def test_elites_keep_their_adapters_bit_for_bit(tmp_path: Path) -> None:
     sim = EvolutionSimulation(config=small_config(num_agents=5, elite_ratio=0.4), run_dir=tmp_path / "run")
     sim.population = sim._load_population()
     before = [sim.population.get_adapter_state(sim._name(i)) for i in range(5)]
-    sim._last_fitnesses = [1.0, 50.0, -3.0, 20.0, 0.0]  # elites: agents 1 and 3
-    sim._breed(generation=0)
+    sim._breed(0, [1.0, 50.0, -3.0, 20.0, 0.0])  # elites: agents 1 and 3
     after = [sim.population.get_adapter_state(sim._name(i)) for i in range(5)]
     for slot, elite in enumerate((1, 3)):
         assert all(torch.equal(after[slot][k], before[elite][k]) for k in before[elite])

@@ -130,6 +130,11 @@ def derived_seed(seed: int, generation: int, purpose: str) -> int:
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)
 
 
+def _fittest(fitnesses: list[float]) -> int:
+    """The index of the fittest agent (the first one on a tie)."""
+    return max(range(len(fitnesses)), key=fitnesses.__getitem__)
+
+
 def resolve_run_dir(run: str | Path) -> Path:
     """A run folder given as a path or as its name under the evolution folder."""
     candidates = [Path(run).expanduser(), get_settings().evolution_dir / str(run)]
@@ -168,7 +173,6 @@ class EvolutionSimulation:
         self.snapshot_every = max(1, int(snapshot_every))
         self.population = population
         self.history: list[GenerationStats] = []
-        self._last_fitnesses: list[float] = []
         self._resuming = False
 
     @classmethod
@@ -318,16 +322,17 @@ class EvolutionSimulation:
         self._write_json(CONFIG_FILE, config.to_dict())
         cancelled = False
         for generation in range(start, config.num_generations):
-            stats = self._live_generation(generation)
-            if stats is None:
+            played = self._live_generation(generation)
+            if played is None:
                 cancelled = True
                 break
+            stats, fitnesses = played
             self.history.append(stats)
             self._write_metrics()
             plot_fitness(self.fitness_series(), self.run_dir / FITNESS_PLOT)
             self.population.export_adapter(self._name(stats.best_agent), self.run_dir / BEST_AGENT_DIR)
             if generation + 1 < config.num_generations:
-                self._breed(generation)
+                self._breed(generation, fitnesses)
             self._checkpoint(generation + 1)
             self._emit(
                 EvolutionEvent(
@@ -355,10 +360,9 @@ class EvolutionSimulation:
         )  # fmt: skip
         return result
 
-    def _breed(self, generation: int) -> None:
+    def _breed(self, generation: int, fitnesses: list[float]) -> None:
         """Elites keep their adapters (and slots 0..k-1); the other slots get mutated crossovers of two parents."""
         config = self.config
-        fitnesses = self._last_fitnesses
         plan = select_next_generation(
             fitnesses, config.elite_ratio, random.Random(derived_seed(config.seed, generation, "selection"))
         )
@@ -367,8 +371,8 @@ class EvolutionSimulation:
         for index, state in enumerate(breed(plan, states, config.mutation_rate, generator)):
             self.population.set_adapter_state(self._name(index), state)
 
-    def _live_generation(self, generation: int) -> GenerationStats | None:
-        """Play one generation; None when cancelled."""
+    def _live_generation(self, generation: int) -> tuple[GenerationStats, list[float]] | None:
+        """Play one generation: its statistics and every agent's fitness; None when cancelled."""
         config = self.config
         started = time.perf_counter()
         world_seed = derived_seed(config.seed, generation, "world")
@@ -418,33 +422,31 @@ class EvolutionSimulation:
                 updates += self._train(world, buffers, baselines, rng)
                 training_time += time.perf_counter() - t0
             if self.on_event is not None:
+                fitnesses = world.fitnesses()
                 image = None
                 if (step + 1) % self.snapshot_every == 0 or step == 0:
-                    fitnesses = world.fitnesses()
                     image = render_world(
-                        world.snapshot(), highlight_agent=max(range(len(fitnesses)), key=fitnesses.__getitem__),
+                        world.snapshot(), highlight_agent=_fittest(fitnesses),
                         title=f"generation {generation + 1}, step {step + 1}",
                     )  # fmt: skip
                 self._emit(
                     EvolutionEvent(
                         "step", generation + 1, config.num_generations, step + 1, config.steps_per_generation,
-                        best_fitness=max(world.fitnesses()), image=image,
+                        best_fitness=max(fitnesses), image=image,
                     )
                 )  # fmt: skip
+        fitnesses = world.fitnesses()
         if self.run_dir is not None:
-            fitnesses = world.fitnesses()
             render_world(
-                world, highlight_agent=max(range(len(fitnesses)), key=fitnesses.__getitem__),
+                world, highlight_agent=_fittest(fitnesses),
                 path=self.run_dir / WORLD_SNAPSHOT.format(generation=generation + 1),
                 title=f"generation {generation + 1}, end",
             )  # fmt: skip
-        fitnesses = world.fitnesses()
-        self._last_fitnesses = fitnesses
         rule_based = run_rule_based_generation(
             config.world_size, config.num_agents, config.steps_per_generation, world_seed, **world_options
         )
         agents = world.agents
-        return GenerationStats(
+        stats = GenerationStats(
             generation=generation + 1,
             mean_fitness=statistics.fmean(fitnesses),
             max_fitness=max(fitnesses),
@@ -458,11 +460,12 @@ class EvolutionSimulation:
             decision_time_s=round(decision_time, 4),
             training_time_s=round(training_time, 4),
             train_updates=updates,
-            best_agent=max(range(len(fitnesses)), key=fitnesses.__getitem__),
+            best_agent=_fittest(fitnesses),
             rule_based_mean=statistics.fmean(rule_based),
             rule_based_max=max(rule_based),
             wall_time_s=round(time.perf_counter() - started, 3),
         )
+        return stats, fitnesses
 
     def _train(
         self, world: World, buffers: list[ExperienceBuffer], baselines: list[float], rng: random.Random
