@@ -360,12 +360,11 @@ class CompanyRun:
         """Copy the existing program's files (not an earlier run's own log, meta, prompt or configs) into the
         project folder, so that every phase sees them as the code so far and the original stays untouched."""
         source = ProjectFolder(self.base_folder)  # type: ignore[arg-type]  # set when this is called
+        own_files = {name.lower() for name in reserved}  # meta.txt, events.jsonl, the three configs, ...
         imported: list[str] = []
         for path, text in source.snapshot().items():
             name = path.rsplit("/", 1)[-1]
-            if name.lower() in reserved or name in CONFIG_FILES or name == "meta.txt" or name == EVENTS_FILE:
-                continue
-            if name.endswith((".log", ".prompt")):
+            if name.lower() in own_files or name.endswith((".log", ".prompt")):
                 continue
             try:
                 project.write_file(path, text)
