@@ -106,6 +106,11 @@ class LlamaCppBackend:
             self._server: Any = xllamacpp.Server(params)
         except Exception as exc:
             raise ModelLoadError(f"llama.cpp cannot load {gguf}: {exc}") from exc
+        # The server's task loop starts in its own thread a moment after the constructor returns, and it marks
+        # itself running when it starts: a server destroyed before that (a load followed at once by an unload)
+        # had its stop request overwritten and its destructor waited for the loop forever, holding the GIL. A
+        # task through the queue returns only once the loop runs, so from here on the stop request sticks.
+        self._server.handle_metrics()
         address = urlparse(self._server.listening_address)
         self._host, self._port = address.hostname or "127.0.0.1", int(address.port or 0)
         self._http: http.client.HTTPConnection | None = None
