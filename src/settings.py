@@ -67,6 +67,9 @@ ENV_DB_PATH = "HEARTH_DB_PATH"
 ENV_MODELS_DIR = "HEARTH_MODELS_DIR"
 ENV_DEVICE = "HEARTH_DEVICE"
 ENV_DTYPE = "HEARTH_DTYPE"
+ENV_LEAN_DECODER = "HEARTH_LEAN_DECODER"  # "0" sends every transformers model through generate()
+# HEARTH_DTYPE's extra value: int8 weight-only on the CPU (the lean decoder's default there).
+DTYPE_INT8 = "int8"
 # Which engine runs local models: auto (llama.cpp for GGUF files when xllamacpp is installed, else transformers),
 # llama.cpp or transformers. Overrides the per-model choice stored in the settings.
 ENV_BACKEND = "HEARTH_BACKEND"
@@ -112,6 +115,7 @@ class Settings:
     hf_token: str | None
     hub_token_hosts: tuple[str, ...]
     server_api_key: str | None = None  # HEARTH_SERVER_API_KEY; never logged
+    lean_decoder: bool = True  # HEARTH_LEAN_DECODER: Llama-family models on the CPU skip generate() (lean_decoder.py)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -140,6 +144,7 @@ class Settings:
                 if h.strip()
             ),
             server_api_key=(env.get(ENV_SERVER_API_KEY) or "").strip() or None,
+            lean_decoder=(env.get(ENV_LEAN_DECODER) or "1").strip().lower() not in {"0", "false", "no", "off"},
         )
 
     def default_hub_endpoints(self) -> list[str]:

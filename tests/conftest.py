@@ -36,6 +36,8 @@ def hearth_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
     monkeypatch.delenv(ENV_HF_ENDPOINT, raising=False)
     monkeypatch.delenv(ENV_HF_TOKEN, raising=False)
     monkeypatch.delenv("HEARTH_MAX_NEW_TOKENS", raising=False)
+    monkeypatch.delenv("HEARTH_DTYPE", raising=False)
+    monkeypatch.delenv("HEARTH_LEAN_DECODER", raising=False)
     # The agent company writes projects: never into the repository's own WareHouse during tests.
     monkeypatch.setenv("HEARTH_WAREHOUSE_DIR", str(tmp_path / "WareHouse"))
     reload_settings()

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from src.errors import ContextOverflowError, ModelLoadError
-from src.settings import BACKEND_LLAMACPP, BACKEND_TRANSFORMERS, DEFAULT_LOCAL_MODEL, get_settings
+from src.settings import BACKEND_LLAMACPP, BACKEND_TRANSFORMERS, DEFAULT_LOCAL_MODEL, DTYPE_INT8, get_settings
 from src.utils.backends import available_backends, choose_backend, get_model_backend, set_model_backend
 from src.utils.catalog import ModelFiles, locate_model, resolve_local_model
 from src.utils.generation import (
@@ -75,18 +75,30 @@ def cpu_computes_bf16_natively() -> bool:
 
 
 def pick_dtype(device: str, preferred: str | None = None) -> Any:
+    """The dtype a model computes in. ``preferred`` is HEARTH_DTYPE; its value ``int8`` is about how the lean
+    decoder stores weights (see ``wants_int8_weights``), the computation then uses the device's default."""
     import torch
 
-    if preferred:
+    if preferred and preferred != DTYPE_INT8:
         try:
             return getattr(torch, preferred)
         except AttributeError as exc:
-            raise ModelLoadError(f"Unknown dtype {preferred!r} (HEARTH_DTYPE); use bfloat16, float16 or float32.") from exc
+            raise ModelLoadError(
+                f"Unknown dtype {preferred!r} (HEARTH_DTYPE); use int8, bfloat16, float16 or float32."
+            ) from exc
     if device == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device == "mps":
         return torch.float16
     return torch.bfloat16 if cpu_computes_bf16_natively() else torch.float32
+
+
+def wants_int8_weights(device: str, preferred: str | None) -> bool:
+    """int8 weight-only is the CPU default (about twice the decode speed of bf16 for a fraction of a logit of
+    difference, like llama.cpp's Q8_0; benchmarks/chat_speed.py); an explicit dtype keeps the weights as loaded."""
+    if preferred == DTYPE_INT8 and device != "cpu":
+        raise ModelLoadError(f"HEARTH_DTYPE=int8 runs on the CPU only, not on {device}.")
+    return device == "cpu" and preferred in (None, DTYPE_INT8)
 
 
 @dataclass(frozen=True)
@@ -454,6 +466,35 @@ class TransformersBackend:
         self.dtype = str(torch_dtype).removeprefix("torch.")
         self.context_window = context_window or self._context_window_of(model, tokenizer)
         torch.set_grad_enabled(False)
+        self.lean: Any = None
+        if settings.lean_decoder:
+            self._take_lean_decoder(int8=wants_int8_weights(self.device, settings.dtype))
+
+    def _take_lean_decoder(self, *, int8: bool) -> None:
+        from src.utils.lean_decoder import LeanDecoder, int8_weight_only_available, lean_decoder_unsupported
+
+        reason = lean_decoder_unsupported(self.model)
+        if reason is not None:
+            logger.info("transformers' generate() runs this model: the lean decoder does not take %s", reason)
+            return
+        int8 = int8 and int8_weight_only_available()
+        self.lean = LeanDecoder(self.model, int8=int8)
+        if int8:
+            self.dtype = DTYPE_INT8
+        # The decoder holds its own (fused, maybe int8) copy of every projection: the originals would only take
+        # memory. What is left of the model (embeddings, norms, config) still serves its logits processors.
+        for layer in self.model.model.layers:
+            for linear in self._projections_of(layer):
+                linear.weight = None
+        if self.model.lm_head.weight is not self.model.model.embed_tokens.weight:
+            self.model.lm_head.weight = None
+        gc.collect()
+
+    @staticmethod
+    def _projections_of(layer: Any) -> tuple[Any, ...]:
+        attention, mlp = layer.self_attn, layer.mlp
+        return (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj,
+                mlp.gate_proj, mlp.up_proj, mlp.down_proj)
 
     @staticmethod
     def _context_window_of(model: Any, tokenizer: Any) -> int:
@@ -482,21 +523,37 @@ class TransformersBackend:
         should_stop: Callable[[], bool],
     ) -> None:
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
         class _StopWhenAsked(StoppingCriteria):
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
                 return torch.full((input_ids.shape[0],), should_stop(), dtype=torch.bool, device=input_ids.device)
 
+        config = self._generation_config(params, max_new_tokens)
+        streamer = _IncrementalDecoder(self.tokenizer, sink)
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        if self.lean is not None:
+            self.lean.generate(
+                token_ids,
+                max_new_tokens=max_new_tokens,
+                processors=self.model._get_logits_processor(
+                    generation_config=config, input_ids_seq_length=len(token_ids), encoder_input_ids=None,
+                    prefix_allowed_tokens_fn=None, logits_processor=LogitsProcessorList(), device="cpu",
+                ),
+                do_sample=bool(config.do_sample),
+                eos_ids=set(_as_list(config.eos_token_id)) | set(_as_list(self.tokenizer.eos_token_id)),
+                streamer=streamer,
+                should_stop=should_stop,
+            )
+            return
         input_ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self.device)
         with torch.inference_mode():
-            if params.seed is not None:
-                torch.manual_seed(params.seed)
             self.model.generate(
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids),
-                generation_config=self._generation_config(params, max_new_tokens),
-                streamer=_IncrementalDecoder(self.tokenizer, sink),
+                generation_config=config,
+                streamer=streamer,
                 stopping_criteria=StoppingCriteriaList([_StopWhenAsked()]),
             )
 
