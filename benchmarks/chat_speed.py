@@ -234,7 +234,8 @@ def transformers_table(args: argparse.Namespace) -> None:
         engine.unload_model()
     engine = LocalLLMEngine(args.model, backend=BACKEND_TRANSFORMERS)
     loaded = engine.load_model()
-    plain = PlainGenerate(engine)
+    # The reference runs on the engine's thread too: one torch thread pool in the process, as in the app.
+    plain = engine.run_on_engine_thread(lambda: PlainGenerate(engine))
     print(f"model {loaded.model_id} on {loaded.device} (ours: {loaded.dtype} weights, lean decoder; reference: "
           f"{str(plain.dtype).removeprefix('torch.')} model.generate), {args.tokens} tokens, median of {args.runs}")
 
@@ -252,14 +253,14 @@ def transformers_table(args: argparse.Namespace) -> None:
 
     # Warm up both paths (first calls allocate caches).
     ours(engine, 4)
-    plain.run(4)
+    engine.run_on_engine_thread(lambda: plain.run(4))
     our_ttft, our_speed, our_total, plain_ttft, plain_speed, plain_total = [], [], [], [], [], []
     tokens_ours = tokens_plain = 0
     for _ in range(args.runs):
         ttft, speed, total, tokens_ours = ours(engine, args.tokens)
         our_ttft.append(ttft), our_speed.append(speed), our_total.append(total)
-        first, _ = plain.run(1)
-        total, tokens_plain = plain.run(args.tokens)
+        first, _ = engine.run_on_engine_thread(lambda: plain.run(1))
+        total, tokens_plain = engine.run_on_engine_thread(lambda: plain.run(args.tokens))
         plain_ttft.append(first), plain_total.append(total)
         plain_speed.append((tokens_plain - 1) / (total - first))
 

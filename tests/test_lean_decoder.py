@@ -168,3 +168,35 @@ def test_the_engine_takes_the_lean_decoder_and_the_settings_choose_how(monkeypat
     assert engine._backend.model.model.layers[0].mlp.down_proj.weight is not None
     assert engine.generate(PROMPT, temperature=0, max_new_tokens=3)
     engine.unload_model()
+
+
+def test_loads_and_replies_of_every_engine_run_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two torch thread pools in one process (a load on the caller's thread, replies on the worker) made OpenMP stop
+    # spinning and cost ~40% of decode speed: all torch work of all engines must happen on one thread.
+    import threading
+
+    from src.utils import LocalLLMEngine as engine_module
+
+    threads: list[tuple[str, int]] = []
+    real_init, real_generate = engine_module.TransformersBackend.__init__, engine_module.TransformersBackend.generate
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        threads.append(("load", threading.get_ident()))
+        real_init(self, *args, **kwargs)
+
+    def generate(self: Any, *args: Any, **kwargs: Any) -> None:
+        threads.append(("generate", threading.get_ident()))
+        real_generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(engine_module.TransformersBackend, "__init__", init)
+    monkeypatch.setattr(engine_module.TransformersBackend, "generate", generate)
+    first, second = LocalLLMEngine(backend="transformers"), LocalLLMEngine(backend="transformers")
+    first.load_model()
+    assert first.generate(PROMPT, temperature=0, max_new_tokens=2)
+    assert second.generate(PROMPT, temperature=0, max_new_tokens=2)  # loads on first use, inside stream()
+    assert first.run_on_engine_thread(threading.get_ident) == threads[0][1]
+    first.unload_model()
+    second.unload_model()
+    assert [kind for kind, _ in threads] == ["load", "generate", "load", "generate"]
+    assert len({ident for _, ident in threads}) == 1
+    assert threads[0][1] != threading.get_ident()

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from src.errors import ContextOverflowError, ModelLoadError
 from src.settings import BACKEND_LLAMACPP, BACKEND_TRANSFORMERS, DEFAULT_LOCAL_MODEL, DTYPE_INT8, get_settings
@@ -152,10 +152,17 @@ class LocalLLMEngine:
         self._backend: _Backend | None = None
         self._loaded: LoadedModel | None = None
         self._loaded_key: tuple[str, str] | None = None
-        # One long-lived worker thread: torch's intra-op thread pool belongs to the calling thread, and building a
-        # new one for every reply costs tens of milliseconds of time to first token on a small CPU.
-        self._worker = _GenerationWorker()
+        # One long-lived worker thread for the whole process, shared by every engine: torch's intra-op thread pool
+        # belongs to the calling thread; building one per reply costs tens of milliseconds of time to first token,
+        # and two pools alive at once slow every token (see load_model). Replies are serialised process-wide, which
+        # on a laptop CPU is what the cores allow anyway.
+        self._worker = _SHARED_WORKER
         self._generating = threading.Event()
+
+    def run_on_engine_thread(self, function: Callable[[], _T]) -> _T:
+        """Run other torch work in this process (a reference model in a benchmark, say) on the thread the engine
+        computes on, so that the process keeps a single CPU thread pool (see ``load_model``)."""
+        return self._worker.call(function)
 
     @classmethod
     def shared(cls) -> LocalLLMEngine:
@@ -177,7 +184,16 @@ class LocalLLMEngine:
 
     def load_model(self, model: str | None = None) -> LoadedModel:
         """Load ``model`` (catalog id, folder name or path, or a .gguf file); a no-op when it is already the loaded
-        one on the same backend."""
+        one on the same backend.
+
+        The load runs on the generation worker thread, like every reply: torch's CPU thread pool (OpenMP) belongs to
+        the thread that uses it, and with a second pool alive in the process (a load on the caller's thread, the
+        replies on the worker) OpenMP sees more threads than cores and stops spinning between its ~120 parallel
+        regions per token. Measured: the lean decoder at 35 tok/s instead of 60 (SmolLM2-135M, 2 cores). Callers
+        must therefore never hold ``self._lock`` while they wait for a load."""
+        return self._worker.call(lambda: self._load_on_worker(model))
+
+    def _load_on_worker(self, model: str | None) -> LoadedModel:
         model_ref = model or self._model_ref
         files = locate_model(model_ref)
         backend_name = self._pick_backend(files)
@@ -262,10 +278,7 @@ class LocalLLMEngine:
     def prepare_prompt(self, messages: Sequence[ChatMessage], max_new_tokens: int) -> PreparedPrompt:
         """Apply the chat template, leaving out the oldest turns (never the system prompt, never the last message)
         until prompt + reply fit the context window. Never sends more tokens than the model accepts."""
-        with self._lock:
-            loaded = self._loaded or self.load_model()
-            backend = self._backend
-            assert backend is not None
+        loaded, backend = self._loaded_backend()
         window = loaded.context_window
         kept = list(messages)
         dropped = 0
@@ -292,11 +305,16 @@ class LocalLLMEngine:
 
     def decode(self, token_ids: Sequence[int]) -> str:
         """Token ids of the loaded model back to text (special tokens included)."""
-        with self._lock:
-            if self._backend is None:
-                self.load_model()
-            assert self._backend is not None
-            return self._backend.decode(list(token_ids))
+        return self._loaded_backend()[1].decode(list(token_ids))
+
+    def _loaded_backend(self) -> tuple[LoadedModel, _Backend]:
+        """The loaded model and its backend, loading the current model first if none is (not under the lock: the
+        load waits for the worker, which may need the lock to finish a reply)."""
+        while True:
+            with self._lock:
+                if self._loaded is not None and self._backend is not None:
+                    return self._loaded, self._backend
+            self.load_model()
 
     # --- generation -----------------------------------------------------------------------------------------------
 
@@ -316,11 +334,16 @@ class LocalLLMEngine:
         """
         params = (params or GenerationParams()).updated(**overrides)
         chat = as_chat_messages(messages)
-        with self._lock:
-            loaded = self.load_model(model) if model or self._loaded is None else self._loaded
-            backend = self._backend
-            assert backend is not None
-            prompt = self.prepare_prompt(chat, params.max_new_tokens)
+
+        def load_and_prepare() -> tuple[LoadedModel, _Backend, PreparedPrompt]:
+            # On the worker, under the lock: no other load can swap the model between these steps.
+            with self._lock:
+                loaded = self._load_on_worker(model) if model or self._loaded is None else self._loaded
+                backend = self._backend
+                assert backend is not None
+                return loaded, backend, self.prepare_prompt(chat, params.max_new_tokens)
+
+        loaded, backend, prompt = self._worker.call(load_and_prepare)
         text_stream = TextStream()
         return text_stream.start(self._produce(text_stream, backend, loaded, prompt, params))
 
@@ -587,6 +610,7 @@ class TransformersBackend:
 
 
 _END = object()
+_T = TypeVar("_T")
 
 
 class _GenerationWorker:
@@ -597,6 +621,24 @@ class _GenerationWorker:
         self._jobs: queue.SimpleQueue[tuple[Callable[[], None], threading.Event]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+
+    def call(self, function: Callable[[], _T]) -> _T:
+        """Run ``function`` on the worker thread (at once when already on it) and return or raise its result."""
+        if threading.current_thread() is self._thread:
+            return function()
+        outcome: list[Any] = []
+
+        def job() -> None:
+            try:
+                outcome.append((True, function()))
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                outcome.append((False, exc))
+
+        self.submit(job).wait()
+        succeeded, value = outcome[0]
+        if not succeeded:
+            raise value
+        return value  # type: ignore[no-any-return]
 
     def submit(self, job: Callable[[], None]) -> threading.Event:
         """Queue ``job``; the returned event is set once it has finished."""
@@ -615,6 +657,9 @@ class _GenerationWorker:
                 job()
             finally:
                 done.set()
+
+
+_SHARED_WORKER = _GenerationWorker()
 
 
 class _TokenSink:
