@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from src.settings import BACKEND_LLAMACPP, BACKEND_TRANSFORMERS, EMBEDDED_MODEL_GGUF
 from src.utils.catalog import locate_model
 from src.utils.generation import ChatMessage
-from src.utils.llamacpp_backend import default_threads
+from src.utils.llamacpp_backend import DEFAULT_CONTEXT_WINDOW, MAX_CONTEXT_WINDOW, default_threads, read_gguf_metadata
 from src.utils.LocalLLMEngine import LocalLLMEngine
 
 PROMPT = [{"role": "user", "content": "Write a long story about a lighthouse keeper and a storm."}]
@@ -126,6 +126,10 @@ class LlamaCppReference:
         params.cpuparams.n_threads = params.cpuparams_batch.n_threads = threads
         params.verbosity = -1
         self.server = xllamacpp.Server(params)
+        self.server.handle_metrics()  # its task loop must run before it may be destroyed (see LlamaCppBackend)
+
+    def close(self) -> None:
+        self.server = None
 
     def run(self, max_tokens: int) -> tuple[float, float, float, int]:
         started = time.perf_counter()
@@ -164,23 +168,37 @@ def backends_table(args: argparse.Namespace) -> None:
         print(f"\n{args.model} has no GGUF file: no llama.cpp comparison")
         return
     threads = default_threads()
-    fast = LocalLLMEngine(args.model, backend=BACKEND_LLAMACPP)
-    fast.load_model()
-    slow = LocalLLMEngine(args.model, backend=BACKEND_TRANSFORMERS) if not args.skip_transformers else None
-    if slow is not None:
-        slow.load_model()
-    reference = LlamaCppReference(files.gguf, threads, fast.loaded.context_window)
+    # Each path runs with nothing else loaded, as in the app (the engine holds one model): llama.cpp and torch share
+    # one OpenMP runtime (both link libgomp.so.1), and an idle llama.cpp server alone makes OpenMP stop spinning for
+    # torch (measured: the transformers path at 37 instead of 60 tok/s). So every round loads, warms up, measures
+    # and frees each path in turn; the rounds alternate so that drift on a shared machine hits all of them.
+    trained = read_gguf_metadata(files.gguf, (), context_length=True).get("context_length")
+    window = min(int(trained or DEFAULT_CONTEXT_WINDOW), MAX_CONTEXT_WINDOW)  # as LlamaCppBackend sizes it
+
+    def measure_reference() -> tuple[float, float, float, int]:
+        reference = LlamaCppReference(files.gguf, threads, window)
+        try:
+            reference.run(4)
+            return reference.run(args.tokens)
+        finally:
+            reference.close()
+
+    def measure_engine(backend: str) -> tuple[float, float, float, int]:
+        engine = LocalLLMEngine(args.model, backend=backend)
+        try:
+            engine.load_model()
+            ours(engine, 4)
+            return ours(engine, args.tokens)
+        finally:
+            engine.unload_model()
+
     rows: dict[str, tuple[list[float], list[float]]] = {"fast": ([], []), "slow": ([], []), "ref": ([], [])}
-    for warm in (fast, slow):
-        if warm is not None:
-            ours(warm, 4)
-    reference.run(4)
     counts = {}
+    paths = [("ref", measure_reference), ("fast", lambda: measure_engine(BACKEND_LLAMACPP))]
+    if not args.skip_transformers:
+        paths.append(("slow", lambda: measure_engine(BACKEND_TRANSFORMERS)))
     for _ in range(args.runs):
-        for name, run in (("ref", lambda: reference.run(args.tokens)), ("fast", lambda: ours(fast, args.tokens)),
-                          ("slow", (lambda: ours(slow, args.tokens)) if slow else None)):
-            if run is None:
-                continue
+        for name, run in paths:
             ttft, speed, _, tokens = run()
             rows[name][0].append(ttft)
             rows[name][1].append(speed)
@@ -191,7 +209,7 @@ def backends_table(args: argparse.Namespace) -> None:
     print(f"{'path':34} {'TTFT (s)':>9} {'ratio':>6} {'decode tok/s':>13} {'ratio':>6}  target")
     print(f"{'llama.cpp reference (xllamacpp)':34} {ref_ttft:9.3f} {1:6.2f} {ref_speed:13.1f} {1:6.2f}")
     table = [("Hearth llama.cpp backend", "fast", ">= 0.95x")]
-    if slow is not None:
+    if not args.skip_transformers:
         table.append(("Hearth transformers backend", "slow", ">= 0.50x"))
     for label, key, target in table:
         ttft, speed = median(rows[key][0]), median(rows[key][1])
@@ -199,13 +217,15 @@ def backends_table(args: argparse.Namespace) -> None:
         print(f"{label:34} {ttft:9.3f} {ref_ttft / ttft:6.2f} {speed:13.1f} {speed / ref_speed:6.2f}  {target}")
     if len(set(counts.values())) > 1:
         print(f"note: tokens generated: {counts}")
-    latencies = {"llama.cpp": median([cancel_latency(fast) for _ in range(args.runs)])}
-    if slow is not None:
-        latencies["transformers"] = median([cancel_latency(slow) for _ in range(args.runs)])
+    latencies = {}
+    for label, backend in (("llama.cpp", BACKEND_LLAMACPP), ("transformers", BACKEND_TRANSFORMERS)):
+        if backend == BACKEND_TRANSFORMERS and args.skip_transformers:
+            continue
+        engine = LocalLLMEngine(args.model, backend=backend)
+        engine.load_model()
+        latencies[label] = median([cancel_latency(engine) for _ in range(args.runs)])
+        engine.unload_model()
     print("cancel -> stream ended (ms): " + ", ".join(f"{k} {v * 1000:.1f}" for k, v in latencies.items()))
-    fast.unload_model()
-    if slow is not None:
-        slow.unload_model()
 
 
 def main() -> int:
