@@ -19,7 +19,8 @@ def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
 def test_a_real_run_with_the_embedded_model_leaves_a_complete_folder() -> None:
     result = cli("--task", "a program that prints hello world", "--name", "Hello", "--max-turns", "1", "--max-tokens", "48")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
+    # The generated program's own tracebacks are reported on stderr (the test cycle shows them); none of Hearth's.
+    assert f'File "{PROJECT_ROOT}' not in result.stderr, result.stderr[-2000:]
     [folder] = list(get_settings().warehouse_dir.iterdir())
     assert folder.name.startswith("Hello_DefaultOrganization_")
     names = {p.name for p in folder.iterdir()}
