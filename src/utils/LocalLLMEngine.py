@@ -504,20 +504,9 @@ class TransformersBackend:
         self.lean = LeanDecoder(self.model, int8=int8)
         if int8:
             self.dtype = DTYPE_INT8
-        # The decoder holds its own (fused, maybe int8) copy of every projection: the originals would only take
-        # memory. What is left of the model (embeddings, norms, config) still serves its logits processors.
-        for layer in self.model.model.layers:
-            for linear in self._projections_of(layer):
-                linear.weight = None
-        if self.model.lm_head.weight is not self.model.model.embed_tokens.weight:
-            self.model.lm_head.weight = None
+        # What is left of the model (embeddings, norms, config) still serves its logits processors.
+        self.lean.release_copied_weights()
         gc.collect()
-
-    @staticmethod
-    def _projections_of(layer: Any) -> tuple[Any, ...]:
-        attention, mlp = layer.self_attn, layer.mlp
-        return (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj,
-                mlp.gate_proj, mlp.up_proj, mlp.down_proj)
 
     @staticmethod
     def _context_window_of(model: Any, tokenizer: Any) -> int:
@@ -548,10 +537,6 @@ class TransformersBackend:
         import torch
         from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-        class _StopWhenAsked(StoppingCriteria):
-            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-                return torch.full((input_ids.shape[0],), should_stop(), dtype=torch.bool, device=input_ids.device)
-
         config = self._generation_config(params, max_new_tokens)
         streamer = _IncrementalDecoder(self.tokenizer, sink)
         if params.seed is not None:
@@ -570,6 +555,11 @@ class TransformersBackend:
                 should_stop=should_stop,
             )
             return
+
+        class _StopWhenAsked(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                return torch.full((input_ids.shape[0],), should_stop(), dtype=torch.bool, device=input_ids.device)
+
         input_ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self.device)
         with torch.inference_mode():
             self.model.generate(

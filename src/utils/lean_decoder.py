@@ -123,26 +123,41 @@ class LeanDecoder:
         self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // self.heads)
         self.eps = float(config.rms_norm_eps)
         self.vocab_size = int(config.vocab_size)
-        self._embed = inner.embed_tokens.weight.detach()
+        self._embed_parameter = inner.embed_tokens.weight
+        self._embed = self._embed_parameter.detach()
         self._rotary = inner.rotary_emb
         self._final_norm = inner.norm.weight.detach()
-        self._lm_head = _Projection([model.lm_head], int8=int8)
+        self._copied: list[torch.nn.Linear] = []  # the model's layers this decoder holds its own copy of
+
+        def project(*linears: torch.nn.Linear) -> _Projection:
+            self._copied.extend(linears)
+            return _Projection(linears, int8=int8)
+
+        self._lm_head = project(model.lm_head)
         self._layers = []
         for layer in inner.layers:
             attention, mlp = layer.self_attn, layer.mlp
             self._layers.append(_Layer(
                 input_norm=layer.input_layernorm.weight.detach(),
-                qkv=_Projection([attention.q_proj, attention.k_proj, attention.v_proj], int8=int8),
-                out=_Projection([attention.o_proj], int8=int8),
+                qkv=project(attention.q_proj, attention.k_proj, attention.v_proj),
+                out=project(attention.o_proj),
                 post_norm=layer.post_attention_layernorm.weight.detach(),
-                gate_up=_Projection([mlp.gate_proj, mlp.up_proj], int8=int8),
-                down=_Projection([mlp.down_proj], int8=int8),
+                gate_up=project(mlp.gate_proj, mlp.up_proj),
+                down=project(mlp.down_proj),
             ))
         self._split_qkv = [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim]
         self._intermediate = int(config.intermediate_size)
         self._keys: list[torch.Tensor] = []
         self._values: list[torch.Tensor] = []
         self._cos = self._sin = torch.empty(0)
+
+    def release_copied_weights(self) -> None:
+        """Drop the model's own weights of every layer this decoder copied (fused, maybe int8): they would only take
+        memory. Embeddings (which a tied output layer shares), norms and the config stay with the model."""
+        for linear in self._copied:
+            if linear.weight is not self._embed_parameter:
+                linear.weight = None
+        self._copied = []
 
     # --- the forward pass -----------------------------------------------------------------------------------------
 
@@ -184,7 +199,8 @@ class LeanDecoder:
             keys[0, :, start:end] = k
             values[0, :, start:end] = v.view(count, self.kv_heads, self.head_dim).transpose(0, 1)
             attended = F.scaled_dot_product_attention(
-                q.unsqueeze(0).to(self._attention_dtype), keys[:, :, :end], values[:, :, :end], is_causal=count > 1, enable_gqa=True
+                q.unsqueeze(0).to(self._attention_dtype), keys[:, :, :end], values[:, :, :end],
+                is_causal=count > 1, enable_gqa=True,
             )
             hidden = hidden + layer.out(attended[0].transpose(0, 1).reshape(count, -1).to(self.dtype))
             gate, up = layer.gate_up(self._rms(hidden, layer.post_norm)).split(self._intermediate, dim=-1)
