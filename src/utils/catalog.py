@@ -137,13 +137,17 @@ def is_transformers_model_dir(path: Path) -> bool:
     )
 
 
+def is_model_gguf(name: str) -> bool:
+    """A GGUF file holding a language model (not a multimodal projector, which repositories ship beside it)."""
+    lowered = name.lower()
+    return lowered.endswith(GGUF_SUFFIX) and "mmproj" not in lowered
+
+
 def gguf_file_in(path: Path) -> Path | None:
     """The model's GGUF file in folder ``path`` (a GGUF download holds exactly one; projector files are skipped)."""
     if not path.is_dir():
         return None
-    files = sorted(
-        f for f in path.iterdir() if f.suffix.lower() == GGUF_SUFFIX and f.is_file() and "mmproj" not in f.name.lower()
-    )
+    files = sorted(f for f in path.iterdir() if is_model_gguf(f.name) and f.is_file())
     return files[0] if files else None
 
 
@@ -206,8 +210,9 @@ def locate_model(model_ref: str) -> ModelFiles:
 def resolve_local_model(model_ref: str) -> tuple[str, Path]:
     """Turn a catalog id, a folder name under the models dir, or a path into ``(model_id, folder)``.
 
-    The embedded model is converted on first use (this is the transformers path: LoRA training, evolution). Raises ``ModelNotDownloadedError`` for a catalog model that is
-    not on disk yet, ``UnknownModelError`` for a name that is nothing we know.
+    The embedded model is converted on first use (this is the transformers path: LoRA training, evolution).
+    Raises ``ModelNotDownloadedError`` for a catalog model that is not on disk yet, ``UnknownModelError`` for a
+    name that is nothing we know.
     """
     entry = find_entry(model_ref)
     if entry is not None:

@@ -27,6 +27,7 @@ from src.errors import (
     RepoNotFoundError,
 )
 from src.settings import get_settings
+from src.utils.catalog import GGUF_SUFFIX, is_model_gguf
 from src.utils.http_client import direct_mounts_for
 
 logger = logging.getLogger(__name__)
@@ -287,16 +288,12 @@ def pick_gguf_file(names: list[str], wanted: str | None = None) -> str | None:
     """The one GGUF file to fetch from a repository's top-level ``names``: ``wanted`` if given (matched without
     regard to case), else the first quantization in ``GGUF_QUANT_PREFERENCE``; single-file models only (a model
     split into ``-00001-of-00003`` parts is skipped) and never a multimodal projector."""
-    ggufs = [
-        n
-        for n in names
-        if n.lower().endswith(".gguf") and "mmproj" not in n.lower() and not re.search(r"-\d{5}-of-\d{5}\.gguf$", n)
-    ]
+    ggufs = [n for n in names if is_model_gguf(n) and not re.search(r"-\d{5}-of-\d{5}\.gguf$", n)]
     if wanted is not None:
         return next((n for n in ggufs if n.lower() == wanted.lower()), None)
     for quant in GGUF_QUANT_PREFERENCE:
         pattern = re.compile(rf"(^|[-_.]){re.escape(quant)}([-_.]|$)", re.IGNORECASE)
-        hits = sorted(n for n in ggufs if pattern.search(n.removesuffix(".gguf").removesuffix(".GGUF") + "."))
+        hits = sorted(n for n in ggufs if pattern.search(n[: -len(GGUF_SUFFIX)] + "."))
         if hits:
             return hits[0]
     return min(ggufs) if ggufs else None
