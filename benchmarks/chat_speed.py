@@ -239,6 +239,7 @@ def main() -> int:
     args = parser.parse_args()
     if not args.skip_transformers:
         transformers_table(args)
+        variants_table(args)
     if not args.skip_llamacpp:
         backends_table(args)
     return 0
@@ -246,7 +247,7 @@ def main() -> int:
 
 def transformers_table(args: argparse.Namespace) -> None:
     """Table 1: our transformers path (lean decoder, int8 weights by default) against plain model.generate on the
-    same weights; table 1b: what each speed-up brings, one variant at a time."""
+    same weights."""
     load_ours = []
     for _ in range(args.runs):
         engine = LocalLLMEngine(args.model, backend=BACKEND_TRANSFORMERS)
@@ -298,8 +299,6 @@ def transformers_table(args: argparse.Namespace) -> None:
     if tokens_ours != tokens_plain:
         print(f"note: our reply had {tokens_ours} tokens, the reference {tokens_plain}")
     engine.unload_model()
-    del plain
-    variants_table(args)
 
 
 def variants_table(args: argparse.Namespace) -> None:
