@@ -31,8 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from src.settings import BACKEND_LLAMACPP, BACKEND_TRANSFORMERS, EMBEDDED_MODEL_GGUF
 from src.utils.catalog import locate_model
+from src.utils.cpu import compute_threads
 from src.utils.generation import ChatMessage
-from src.utils.llamacpp_backend import DEFAULT_CONTEXT_WINDOW, MAX_CONTEXT_WINDOW, default_threads, read_gguf_metadata
+from src.utils.llamacpp_backend import DEFAULT_CONTEXT_WINDOW, MAX_CONTEXT_WINDOW, read_gguf_metadata
 from src.utils.LocalLLMEngine import LocalLLMEngine
 
 PROMPT = [{"role": "user", "content": "Write a long story about a lighthouse keeper and a storm."}]
@@ -167,7 +168,7 @@ def backends_table(args: argparse.Namespace) -> None:
     if files.gguf is None:
         print(f"\n{args.model} has no GGUF file: no llama.cpp comparison")
         return
-    threads = default_threads()
+    threads = compute_threads()
     # Each path runs with nothing else loaded, as in the app (the engine holds one model): llama.cpp and torch share
     # one OpenMP runtime (both link libgomp.so.1), and an idle llama.cpp server alone makes OpenMP stop spinning for
     # torch (measured: the transformers path at 37 instead of 60 tok/s). So every round loads, warms up, measures

@@ -113,6 +113,7 @@ def main(argv: Sequence[str] | None = None, *, open_gui: Callable[..., int] | No
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
+    _enable_stack_dumps()
     try:
         if args.command == "models":
             return _models(args)
@@ -137,8 +138,24 @@ def main(argv: Sequence[str] | None = None, *, open_gui: Callable[..., int] | No
         return EXIT_INTERRUPTED
 
 
+def _enable_stack_dumps() -> None:
+    """Python stacks of every thread on stderr when the process crashes in native code (torch, llama.cpp), and on
+    ``kill -USR1 <pid>`` while it runs: how a frozen or endlessly busy Hearth can be diagnosed without a debugger
+    (the end-to-end tests use it on a failure)."""
+    import faulthandler
+    import signal
+
+    if sys.stderr is None:  # a windowed build without a console
+        return
+    faulthandler.enable(all_threads=True)
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+
+
 def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    # --verbose is for finding out what took the time: each line says when.
+    log_format = "%(asctime)s %(threadName)s %(message)s" if verbose else "%(message)s"
+    logging.basicConfig(level=logging.WARNING, format=log_format, stream=sys.stderr)
     # The one-time model conversion takes ~20 s: always say so, so a first run doesn't look frozen.
     logging.getLogger("src.utils.embedded_model").setLevel(logging.INFO)
     if verbose:

@@ -53,7 +53,7 @@ class MessageNotFoundError(HearthError, LookupError):
 
 
 class ConfigError(HearthError, ValueError):
-    """An LLM configuration is invalid or missing."""
+    """A setting (HEARTH_* variable) or an LLM configuration is invalid or missing."""
 
 
 class UnknownProviderError(ConfigError):

@@ -67,6 +67,7 @@ ENV_DB_PATH = "HEARTH_DB_PATH"
 ENV_MODELS_DIR = "HEARTH_MODELS_DIR"
 ENV_DEVICE = "HEARTH_DEVICE"
 ENV_DTYPE = "HEARTH_DTYPE"
+ENV_THREADS = "HEARTH_THREADS"  # CPU threads for local models: a number, or "auto" (see src/utils/cpu.py)
 ENV_LEAN_DECODER = "HEARTH_LEAN_DECODER"  # "0" sends every transformers model through generate()
 # HEARTH_DTYPE's extra value: int8 weight-only on the CPU (the lean decoder's default there).
 DTYPE_INT8 = "int8"
@@ -116,6 +117,7 @@ class Settings:
     hub_token_hosts: tuple[str, ...]
     server_api_key: str | None = None  # HEARTH_SERVER_API_KEY; never logged
     lean_decoder: bool = True  # HEARTH_LEAN_DECODER: Llama-family models on the CPU skip generate() (lean_decoder.py)
+    threads: int | None = None  # HEARTH_THREADS; None = automatic (src/utils/cpu.py)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -145,6 +147,7 @@ class Settings:
             ),
             server_api_key=(env.get(ENV_SERVER_API_KEY) or "").strip() or None,
             lean_decoder=(env.get(ENV_LEAN_DECODER) or "1").strip().lower() not in {"0", "false", "no", "off"},
+            threads=parse_threads(env.get(ENV_THREADS)),
         )
 
     def default_hub_endpoints(self) -> list[str]:
@@ -153,6 +156,18 @@ class Settings:
             if endpoint not in endpoints:
                 endpoints.append(endpoint)
         return endpoints
+
+
+def parse_threads(value: str | None) -> int | None:
+    """HEARTH_THREADS: a whole number of at least 1, or empty / "auto" for automatic (None)."""
+    text = (value or "").strip().lower()
+    if text in ("", "auto"):
+        return None
+    if not text.isdigit() or int(text) < 1:
+        from src.errors import ConfigError
+
+        raise ConfigError(f"{ENV_THREADS} must be a whole number of at least 1, or 'auto', not {value!r}.")
+    return int(text)
 
 
 @lru_cache(maxsize=1)

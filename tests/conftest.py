@@ -38,6 +38,7 @@ def hearth_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
     monkeypatch.delenv("HEARTH_MAX_NEW_TOKENS", raising=False)
     monkeypatch.delenv("HEARTH_DTYPE", raising=False)
     monkeypatch.delenv("HEARTH_LEAN_DECODER", raising=False)
+    monkeypatch.delenv("HEARTH_THREADS", raising=False)
     # The agent company writes projects: never into the repository's own WareHouse during tests.
     monkeypatch.setenv("HEARTH_WAREHOUSE_DIR", str(tmp_path / "WareHouse"))
     reload_settings()

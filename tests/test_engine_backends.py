@@ -72,3 +72,45 @@ def test_the_shared_engine_reports_its_backend_and_switches_on_reload(monkeypatc
         assert engine.generate([{"role": "user", "content": "Hi"}], temperature=0, max_new_tokens=2)
     finally:
         engine.unload_model()
+
+
+def test_hearth_threads_is_parsed_and_bad_values_are_named() -> None:
+    from src.settings import parse_threads
+
+    assert parse_threads(None) is None and parse_threads(" auto ") is None and parse_threads("") is None
+    assert parse_threads("3") == 3
+    for bad in ("0", "-2", "two", "1.5"):
+        with pytest.raises(ConfigError, match="HEARTH_THREADS"):
+            parse_threads(bad)
+
+
+def test_the_gui_leaves_a_core_for_its_renderer_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch) -> None:
+    from src.utils import cpu
+
+    assert cpu.compute_threads() == cpu.available_cpus()  # command line, server: every core
+    monkeypatch.setattr(cpu, "available_cpus", lambda: 2)
+    assert cpu.leave_a_core_for_the_ui() == 1
+    monkeypatch.setattr(cpu, "available_cpus", lambda: 1)
+    monkeypatch.delenv("HEARTH_THREADS")
+    assert cpu.leave_a_core_for_the_ui() == 1  # never zero
+    monkeypatch.setenv("HEARTH_THREADS", "5")
+    assert cpu.leave_a_core_for_the_ui() == 5  # the user's own choice wins
+
+
+def test_both_backends_compute_with_the_configured_thread_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    engine = LocalLLMEngine()
+    original = engine.run_on_engine_thread(torch.get_num_threads)
+    monkeypatch.setenv("HEARTH_THREADS", "1")
+    reload_settings()
+    try:
+        engine.load_model(EMBEDDED)
+        assert engine._backend is not None and engine._backend.n_threads == 1  # type: ignore[attr-defined]
+        set_model_backend(EMBEDDED, "transformers")
+        assert engine.load_model(EMBEDDED).backend == BACKEND_TRANSFORMERS
+        assert engine.run_on_engine_thread(torch.get_num_threads) == 1
+        assert engine.generate([{"role": "user", "content": "Hi"}], temperature=0, max_new_tokens=2)
+    finally:
+        engine.unload_model()
+        engine.run_on_engine_thread(lambda: torch.set_num_threads(original))

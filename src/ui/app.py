@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 import threading
 from collections.abc import Callable
@@ -220,11 +219,11 @@ def run_gui(*, web: bool, host: str = "127.0.0.1", port: int = 0) -> int:
     """Open the desktop window, or serve the app to a browser. Falls back to the browser when the window can't
     start (the desktop client cannot be fetched, no display), saying why."""
     from src.ui.desktop import desktop_unavailable_reason
+    from src.utils.cpu import leave_a_core_for_the_ui
 
-    # The GUI shares the CPU with its own rendering (and, in web mode, a browser). PyTorch's OpenMP threads spin
-    # while they wait by default; competing with a busy renderer on a 2-core laptop that made decoding ~15x slower
-    # (measured: 0.5 vs 10 tokens/s). Passive waiting gives the cores back. Must be set before torch loads.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # The GUI shares the CPU with its own rendering (and, in web mode, a browser): models compute on one core fewer
+    # than the machine has, or a redraw during a reply can make decoding tens of times slower (src/utils/cpu.py).
+    leave_a_core_for_the_ui()
     view = ft.AppView.WEB_BROWSER
     if not web:
         reason = desktop_unavailable_reason()

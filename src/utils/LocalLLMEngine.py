@@ -25,6 +25,7 @@ from src.errors import ContextOverflowError, ModelLoadError
 from src.settings import BACKEND_LLAMACPP, BACKEND_TRANSFORMERS, DEFAULT_LOCAL_MODEL, DTYPE_INT8, get_settings
 from src.utils.backends import available_backends, choose_backend, get_model_backend, set_model_backend
 from src.utils.catalog import ModelFiles, locate_model, resolve_local_model
+from src.utils.cpu import compute_threads, use_compute_threads_in_torch
 from src.utils.generation import (
     FINISH_CANCELLED,
     FINISH_ERROR,
@@ -213,6 +214,7 @@ class LocalLLMEngine:
                 folder, weights = files.gguf.parent, files.gguf
             else:
                 folder, gguf_name = self._transformers_source(files)
+                use_compute_threads_in_torch()  # here, on the one thread that computes (see load_model)
                 backend = TransformersBackend(folder, gguf_file=gguf_name, context_window=self._context_window_override)
                 weights = folder / gguf_name if gguf_name else folder
             self._backend, self._loaded_key = backend, key
@@ -228,8 +230,8 @@ class LocalLLMEngine:
                 weights=weights.resolve(),
             )
             logger.info(
-                "Loaded %s with %s on %s (%s) in %.1f s",
-                files.model_id, backend.name, backend.device, backend.dtype, self._loaded.load_time_s,
+                "Loaded %s with %s on %s (%s, %d CPU thread(s)) in %.1f s",
+                files.model_id, backend.name, backend.device, backend.dtype, compute_threads(), self._loaded.load_time_s,
             )
             return self._loaded
 
@@ -425,13 +427,20 @@ class LocalLLMEngine:
                 worker.wait()
                 if finish_reason == FINISH_ERROR and cancelled.is_set():
                     finish_reason = FINISH_CANCELLED
+            stats = sink.stats(prompt_tokens=prompt.prompt_tokens, started=started)
             text_stream.result = GenerationResult(
                 text="".join(parts),
                 model=loaded.model_id,
                 finish_reason=finish_reason,
-                stats=sink.stats(prompt_tokens=prompt.prompt_tokens, started=started),
+                stats=stats,
                 dropped_messages=prompt.dropped_messages,
                 max_new_tokens_clamped_to=prompt.max_new_tokens if prompt.max_new_tokens_clamped else None,
+            )
+            logger.info(
+                "Reply (%s): %d tokens after a %d-token prompt in %.2f s, first after %s s, %s tokens/s",
+                finish_reason, stats.completion_tokens, stats.prompt_tokens, stats.total_s,
+                f"{stats.time_to_first_token_s:.2f}" if stats.time_to_first_token_s is not None else "-",
+                f"{stats.tokens_per_s:.1f}" if stats.tokens_per_s is not None else "-",
             )
 
 

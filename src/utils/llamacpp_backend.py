@@ -31,6 +31,7 @@ from urllib.parse import urlparse
 
 from src.errors import GenerationError, ModelLoadError
 from src.settings import BACKEND_LLAMACPP
+from src.utils.cpu import compute_threads
 from src.utils.generation import ChatMessage, GenerationParams
 
 logger = logging.getLogger(__name__)
@@ -67,14 +68,6 @@ def llamacpp_available() -> bool:
 _AVAILABLE: bool | None = None
 
 
-def default_threads() -> int:
-    """The CPU cores this process may use (what llama.cpp's own default comes to on a machine without SMT)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
-
-
 class LlamaCppBackend:
     """One GGUF model loaded in llama.cpp (one slot: the engine runs one generation at a time)."""
 
@@ -88,7 +81,7 @@ class LlamaCppBackend:
         trained = meta.get("context_length")
         self.context_window = int(context_window or min(int(trained or DEFAULT_CONTEXT_WINDOW), MAX_CONTEXT_WINDOW))
         self.dtype = _FILE_TYPES.get(meta.get("general.file_type"), "gguf")  # type: ignore[arg-type]
-        self.n_threads = n_threads or default_threads()
+        self.n_threads = n_threads or compute_threads()
         self._api_key = secrets.token_urlsafe(24)
         params = xllamacpp.CommonParams()
         params.model.path = str(gguf)

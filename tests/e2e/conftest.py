@@ -83,7 +83,9 @@ def app_page(browser: Any, request: pytest.FixtureRequest, tmp_path: Path) -> It
                 print(f"[e2e] no screenshot of page {i}: {exc}")
         page.context.close()
     for server in servers:
+        if failed:
+            server.dump_stacks()  # what a stuck server was doing, before it is stopped
         server.stop()
         if failed:
-            print(f"[e2e] server log: {server.log_path}\n{server.log_text()[-4000:]}")
+            print(f"[e2e] server log: {server.log_path}\n{server.log_text()[-12000:]}")
 

@@ -159,6 +159,15 @@ class AppServer:
         except OSError:
             return ""
 
+    def dump_stacks(self, wait: float = 2.0) -> None:
+        """Ask a running Hearth for the Python stacks of all its threads (SIGUSR1, see src/cli.py); they go to the
+        log. Other commands may simply die of the signal, which is fine just before ``stop``."""
+        process = self.process
+        if process is not None and process.poll() is None and hasattr(signal, "SIGUSR1"):
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGUSR1)
+            time.sleep(wait)
+
     def stop(self, grace: float = 5.0) -> None:
         """SIGTERM the process group, then SIGKILL whatever is left after ``grace`` seconds."""
         process = self.process

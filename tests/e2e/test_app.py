@@ -24,7 +24,8 @@ from tests.openai_test_server import OpenAITestServer
 pytestmark = pytest.mark.e2e
 
 SCREENSHOTS = PROJECT_ROOT / "docs" / "screenshots"
-HEARTH = [sys.executable, str(PROJECT_ROOT / "main.py"), "--web", "--port", "{port}"]
+# --verbose: a failed test's server log says what the app was doing (model loads, company phases, timings).
+HEARTH = [sys.executable, str(PROJECT_ROOT / "main.py"), "--verbose", "--web", "--port", "{port}"]
 
 
 def assistant_messages(chat_id: str | None = None) -> list[Any]:

@@ -44,9 +44,8 @@ def add_evolve_parser(commands: Any) -> None:
 
 
 def run_evolve(args: argparse.Namespace) -> int:
-    # OMP_WAIT_POLICY is left to OpenMP's default (spin briefly, then sleep): measured on this 2-core CPU, PASSIVE
-    # made a batched decision of 20 agents 1.5x slower (2.24 vs 1.47 s) on an idle machine. Under heavy contention
-    # from other programs PASSIVE is the better choice; set OMP_WAIT_POLICY=PASSIVE in the environment then.
+    # OpenMP's wait policy is left to its default (spin briefly, then sleep): PASSIVE made a batched decision of 20
+    # agents 1.5x slower (2.24 vs 1.47 s) on an idle 2-core machine. Threads: HEARTH_THREADS (src/utils/cpu.py).
     if args.evolve_command == "export":
         return _export(args)
     if args.evolve_command == "watch":

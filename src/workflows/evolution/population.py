@@ -219,6 +219,7 @@ class LoRAPopulation:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from src.utils.catalog import resolve_local_model
+        from src.utils.cpu import use_compute_threads_in_torch
 
         if dtype not in _DTYPES:
             raise InvalidParameterError(f"Unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}.")
@@ -227,6 +228,7 @@ class LoRAPopulation:
         self.model_id, self.model_folder = resolve_local_model(model)
         self.dtype = dtype
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_folder)
+        use_compute_threads_in_torch()
         base = AutoModelForCausalLM.from_pretrained(self.model_folder, dtype=_DTYPES[dtype]).eval()
         for parameter in base.parameters():
             parameter.requires_grad_(False)
