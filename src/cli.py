@@ -145,11 +145,12 @@ def _enable_stack_dumps() -> None:
     import faulthandler
     import signal
 
-    if sys.stderr is None:  # a windowed build without a console
-        return
-    faulthandler.enable(all_threads=True)
-    if hasattr(signal, "SIGUSR1"):
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    try:
+        faulthandler.enable(all_threads=True)
+        if hasattr(signal, "SIGUSR1"):
+            faulthandler.register(signal.SIGUSR1, all_threads=True)
+    except (AttributeError, OSError, ValueError):  # no stderr with a file descriptor (a windowed build, a notebook)
+        pass
 
 
 def _configure_logging(verbose: bool) -> None:

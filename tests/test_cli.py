@@ -121,3 +121,12 @@ def test_terminal_flag_opens_the_terminal_chat() -> None:
     chats = ChatStore().list_chats()
     assert len(chats) == 1
     assert [m.role for m in ChatStore().current_path(chats[0].id)] == ["user", "assistant"]
+
+
+def test_the_cli_runs_where_stderr_has_no_file_descriptor(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from src.cli import main
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a notebook's stderr: the stack-dump handlers are skipped
+    assert main(["models", "list"]) == 0
