@@ -33,7 +33,7 @@ from src.settings import BACKEND_LLAMACPP, BACKEND_TRANSFORMERS, EMBEDDED_MODEL_
 from src.utils.catalog import locate_model
 from src.utils.cpu import compute_threads
 from src.utils.generation import ChatMessage
-from src.utils.llamacpp_backend import DEFAULT_CONTEXT_WINDOW, MAX_CONTEXT_WINDOW, read_gguf_metadata
+from src.utils.llamacpp_backend import context_window_from, read_gguf_metadata
 from src.utils.LocalLLMEngine import LocalLLMEngine
 
 PROMPT = [{"role": "user", "content": "Write a long story about a lighthouse keeper and a storm."}]
@@ -173,8 +173,7 @@ def backends_table(args: argparse.Namespace) -> None:
     # one OpenMP runtime (both link libgomp.so.1), and an idle llama.cpp server alone makes OpenMP stop spinning for
     # torch (measured: the transformers path at 37 instead of 60 tok/s). So every round loads, warms up, measures
     # and frees each path in turn; the rounds alternate so that drift on a shared machine hits all of them.
-    trained = read_gguf_metadata(files.gguf, (), context_length=True).get("context_length")
-    window = min(int(trained or DEFAULT_CONTEXT_WINDOW), MAX_CONTEXT_WINDOW)  # as LlamaCppBackend sizes it
+    window = context_window_from(read_gguf_metadata(files.gguf, (), context_length=True))  # as our backend sizes it
 
     def measure_reference() -> tuple[float, float, float, int]:
         reference = LlamaCppReference(files.gguf, threads, window)

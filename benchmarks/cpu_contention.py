@@ -35,8 +35,9 @@ def can_raise_priority() -> bool:
     return probe.returncode == 0 and not probe.stderr
 
 
-def measure(backend: str, threads: int, nice: int | None, tokens: int, cap: float) -> float:
-    """tokens/s after the first token (best of two replies), with a busy process at ``nice`` (None: idle)."""
+def measure(nice: int | None, tokens: int, cap: float) -> float:
+    """tokens/s after the first token (best of two replies) of the shared engine's loaded model, with a busy process
+    at ``nice`` (None: idle)."""
     from src.utils.LocalLLMEngine import LocalLLMEngine
 
     busy = None
@@ -84,7 +85,7 @@ def child(args: argparse.Namespace) -> None:
                 if nice is not None and nice < 0 and not args.may_raise:
                     speed = None
                 else:
-                    speed = measure(backend, threads, nice, args.tokens, args.cap)
+                    speed = measure(nice, args.tokens, args.cap)
                 results.append({"backend": backend, "threads": threads, "load": label, "tok_s": speed})
                 print(f"  {args.policy} {backend} {threads} thread(s), {label}: {speed}", file=sys.stderr, flush=True)
             engine.unload_model()
@@ -113,7 +114,7 @@ def main() -> None:
             env["OMP_WAIT_POLICY"] = "PASSIVE"
         command = [sys.executable, __file__, "--child", "--policy", policy, "--model", args.model,
                    "--tokens", str(args.tokens), "--cap", str(args.cap)] + (["--may-raise"] if may_raise else [])  # fmt: skip
-        out = subprocess.run(command, env=env, capture_output=False, stdout=subprocess.PIPE, text=True, check=True)
+        out = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True, check=True)
         rows += [dict(r, policy=policy) for r in json.loads(out.stdout.strip().splitlines()[-1])]
 
     from src.utils.cpu import available_cpus

@@ -55,10 +55,9 @@ def _threads_and_context(gguf: Path) -> tuple[int, int]:
     """What our llama.cpp backend uses (threads = usable cores, context = the GGUF's, at most 8192)."""
     try:
         from src.utils.cpu import compute_threads
-        from src.utils.llamacpp_backend import DEFAULT_CONTEXT_WINDOW, MAX_CONTEXT_WINDOW, read_gguf_metadata
+        from src.utils.llamacpp_backend import context_window_from, read_gguf_metadata
 
-        trained = read_gguf_metadata(gguf, (), context_length=True).get("context_length")
-        return compute_threads(), int(min(int(trained or DEFAULT_CONTEXT_WINDOW), MAX_CONTEXT_WINDOW))
+        return compute_threads(), context_window_from(read_gguf_metadata(gguf, (), context_length=True))
     except ImportError:
         return len(os.sched_getaffinity(0)), 8192
 

@@ -68,6 +68,12 @@ def llamacpp_available() -> bool:
 _AVAILABLE: bool | None = None
 
 
+def context_window_from(meta: dict[str, Any]) -> int:
+    """The window this backend gives a model whose GGUF metadata (read with ``context_length=True``) is ``meta``:
+    its trained context, at most ``MAX_CONTEXT_WINDOW``."""
+    return min(int(meta.get("context_length") or DEFAULT_CONTEXT_WINDOW), MAX_CONTEXT_WINDOW)
+
+
 class LlamaCppBackend:
     """One GGUF model loaded in llama.cpp (one slot: the engine runs one generation at a time)."""
 
@@ -78,8 +84,7 @@ class LlamaCppBackend:
         import xllamacpp
 
         meta = read_gguf_metadata(gguf, ("general.architecture", "general.file_type"), context_length=True)
-        trained = meta.get("context_length")
-        self.context_window = int(context_window or min(int(trained or DEFAULT_CONTEXT_WINDOW), MAX_CONTEXT_WINDOW))
+        self.context_window = int(context_window or context_window_from(meta))
         self.dtype = _FILE_TYPES.get(meta.get("general.file_type"), "gguf")  # type: ignore[arg-type]
         self.n_threads = n_threads or compute_threads()
         self._api_key = secrets.token_urlsafe(24)
