@@ -14,4 +14,12 @@ def open_gui(*, web: bool, port: int) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(open_gui=open_gui))
+    from src.utils.shutdown import shutdown
+
+    try:
+        code = main(open_gui=open_gui)
+    finally:
+        # Stop what still runs and free the model now, before Python joins the remaining threads (atexit would do
+        # it too, but after that join): see src/utils/shutdown.py.
+        shutdown()
+    sys.exit(code)

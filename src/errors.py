@@ -87,6 +87,13 @@ class ModelLoadError(HearthError):
     """A model folder exists but cannot be loaded (missing or corrupt files)."""
 
 
+class EngineStoppedError(HearthError):
+    """The process is shutting down: its models have been freed and no new reply can start."""
+
+    def __init__(self) -> None:
+        super().__init__("Hearth is shutting down; the local model has been unloaded and cannot answer any more.")
+
+
 class EmbeddedModelMissingError(HearthError):
     def __init__(self) -> None:
         super().__init__(

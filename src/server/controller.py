@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import signal
 import socket
 import threading
 from collections.abc import Sequence
@@ -183,9 +184,7 @@ class ServerController:
         if server is None or thread is None:
             return
         server.should_exit = True
-        state = getattr(getattr(self._app, "state", None), "hearth", None)
-        if state is not None:
-            state.cancel_all()  # open streams end now instead of holding the shutdown for the grace period
+        _cancel_open_requests(self._app)
         thread.join(timeout)
         if thread.is_alive():
             server.force_exit = True
@@ -220,10 +219,36 @@ def serve_forever(
         lifespan="off",
         timeout_graceful_shutdown=int(_settings.SERVER_GRACEFUL_SHUTDOWN_S),
     )
-    server = uvicorn.Server(config)
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:  # Ctrl+C, SIGTERM
+            super().handle_exit(sig, frame)
+            _cancel_open_requests(app)
+
+    server = _Server(config)
     if on_started is not None:
         on_started(_url(host, int(sock.getsockname()[1])))
+    # uvicorn re-raises the signal that stopped it once it has shut down gracefully. With SIGTERM's default action
+    # that killed the process there and then, before Hearth's own shutdown (stop the model, free it: see
+    # src/utils/shutdown.py) could run. A SIGTERM'd server that has shut down ends normally, with exit code 0.
+    sigterm_handler = _take_replayed_sigterm()
     try:
         server.run(sockets=[sock])
     finally:
         sock.close()
+        if sigterm_handler is not None:
+            signal.signal(signal.SIGTERM, sigterm_handler)
+
+
+def _cancel_open_requests(app: Any) -> None:
+    """Open streams end now, with a "server shutting down" event, instead of holding the shutdown for uvicorn's
+    grace period and then being cancelled mid-write."""
+    state = getattr(getattr(app, "state", None), "hearth", None)
+    if state is not None:
+        state.cancel_all()
+
+
+def _take_replayed_sigterm() -> Any:
+    """In the main thread, make SIGTERM a no-op for uvicorn's replay of it; return the handler to restore."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+        return None
+    return signal.signal(signal.SIGTERM, lambda signum, frame: None)

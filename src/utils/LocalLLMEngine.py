@@ -16,13 +16,15 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from src.errors import ContextOverflowError, ModelLoadError
+from src.errors import ContextOverflowError, EngineStoppedError, ModelLoadError
 from src.settings import BACKEND_LLAMACPP, BACKEND_TRANSFORMERS, DEFAULT_LOCAL_MODEL, DTYPE_INT8, get_settings
+from src.utils import shutdown
 from src.utils.backends import available_backends, choose_backend, get_model_backend, set_model_backend
 from src.utils.catalog import ModelFiles, locate_model, resolve_local_model
 from src.utils.cpu import compute_threads, use_compute_threads_in_torch
@@ -159,6 +161,7 @@ class LocalLLMEngine:
         # on a laptop CPU is what the cores allow anyway.
         self._worker = _SHARED_WORKER
         self._generating = threading.Event()
+        _engines.add(self)
 
     def run_on_engine_thread(self, function: Callable[[], _T]) -> _T:
         """Run other torch work in this process (a reference model in a benchmark, say) on the thread the engine
@@ -376,7 +379,7 @@ class LocalLLMEngine:
         failure: list[BaseException] = []
 
         def should_stop() -> bool:
-            return cancelled.is_set() or stop_requested.is_set()
+            return cancelled.is_set() or stop_requested.is_set() or shutdown.is_shutting_down()
 
         def run() -> None:
             try:
@@ -613,13 +616,15 @@ _T = TypeVar("_T")
 
 
 class _GenerationWorker:
-    """A single daemon thread that runs generation jobs in turn (a daemon, so a reply that is still running never
-    keeps the process from exiting)."""
+    """A single daemon thread that runs generation jobs in turn (a daemon, so that a stuck job cannot keep the
+    process alive; the shutdown stops its work and frees its models before the interpreter goes, see
+    ``_release_engines``)."""
 
     def __init__(self) -> None:
         self._jobs: queue.SimpleQueue[tuple[Callable[[], None], threading.Event]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self._closed = False
 
     def call(self, function: Callable[[], _T]) -> _T:
         """Run ``function`` on the worker thread (at once when already on it) and return or raise its result."""
@@ -639,15 +644,24 @@ class _GenerationWorker:
             raise value
         return value  # type: ignore[no-any-return]
 
-    def submit(self, job: Callable[[], None]) -> threading.Event:
-        """Queue ``job``; the returned event is set once it has finished."""
+    def submit(self, job: Callable[[], None], *, last: bool = False) -> threading.Event:
+        """Queue ``job``; the returned event is set once it has finished. After a ``last`` job nothing more is
+        accepted (``EngineStoppedError``): the process is shutting down."""
         done = threading.Event()
         with self._start_lock:
+            if self._closed:
+                raise EngineStoppedError()
+            self._closed = last
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="hearth-generate", daemon=True)
                 self._thread.start()
-        self._jobs.put((job, done))
+            self._jobs.put((job, done))
         return done
+
+    def close(self, last_job: Callable[[], None], deadline: float) -> bool:
+        """Run ``last_job`` after every queued job, then accept no more. Returns False if it had not run by
+        ``deadline`` (a job that ignores cancellation; the process then exits without it)."""
+        return self.submit(last_job, last=True).wait(max(0.0, deadline - time.monotonic()))
 
     def _run(self) -> None:
         while True:
@@ -659,6 +673,26 @@ class _GenerationWorker:
 
 
 _SHARED_WORKER = _GenerationWorker()
+_engines: weakref.WeakSet[LocalLLMEngine] = weakref.WeakSet()
+
+
+def _release_engines(deadline: float) -> None:
+    """At shutdown, once the worker has finished what it was doing (the replies were cancelled first, and
+    ``should_stop`` is true for any other), unload every engine's model on the worker, where it was loaded. llama.cpp's threads are then joined while the interpreter still runs, instead of running on into
+    ``exit()``, which destroys the C++ statics they use (a SIGSEGV after Ctrl+C stopped a reply)."""
+
+    def unload_all() -> None:
+        for engine in list(_engines):
+            try:
+                engine.unload_model()
+            except Exception:  # noqa: BLE001 - the next engine must still be freed
+                logger.exception("Could not unload a model at shutdown")
+
+    if not _SHARED_WORKER.close(unload_all, deadline):
+        logger.warning("The engine was still busy at shutdown; its model was not freed before exit")
+
+
+shutdown.on_shutdown(_release_engines)
 
 
 class _TokenSink:

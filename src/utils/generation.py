@@ -15,6 +15,7 @@ from typing import Protocol
 
 from src import settings as _settings
 from src.errors import InvalidParameterError
+from src.utils.shutdown import stops_at_shutdown
 
 ROLES = ("system", "user", "assistant")
 
@@ -120,8 +121,14 @@ class TextStream(Iterator[str]):
         self._lock = threading.Lock()
 
     def start(self, pieces: Iterator[str]) -> "TextStream":
-        self._pieces = pieces
+        self._pieces = self._tracked(pieces)
         return self
+
+    def _tracked(self, pieces: Iterator[str]) -> Iterator[str]:
+        # A process that ends while the stream is read cancels it and waits for its producer's bookkeeping (a
+        # reply's partial text is saved) before the model is freed: src/utils/shutdown.py.
+        with stops_at_shutdown(self.cancel):
+            yield from pieces
 
     def on_cancel(self, callback: Callable[[], None]) -> None:
         with self._lock:

@@ -7,6 +7,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from src.utils.shutdown import stops_at_shutdown
+
 CANCEL_GRACE_S = 120.0  # how long a cancelled run may take to finish its log, checkpoint or summary
 
 
@@ -22,7 +24,8 @@ def run_interruptibly(work: Callable[[], Any], cancel: threading.Event, stopping
 
     def run() -> None:
         try:
-            outcome["result"] = work()
+            with stops_at_shutdown(cancel.set):  # an exit before the grace time is over still stops it first
+                outcome["result"] = work()
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread, re-raised there
             outcome["error"] = exc
         finally:

@@ -24,6 +24,7 @@ import os
 import secrets
 import struct
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,6 +41,7 @@ logger = logging.getLogger(__name__)
 # for 32k tokens does not take hundreds of MB before the first word. Chats in this app stay far below this.
 MAX_CONTEXT_WINDOW = 8192
 DEFAULT_CONTEXT_WINDOW = 4096  # when the GGUF does not say
+SLOT_RELEASE_TIMEOUT_S = 10.0  # llama.cpp stops a cancelled reply within a token; this only bounds a bug's wait
 
 # transformers' order: repetition penalty on the raw logits, then temperature, top-k, top-p (then sampling).
 _SAMPLERS = ["penalties", "temperature", "top_k", "top_p"]
@@ -197,9 +199,24 @@ class LlamaCppBackend:
                 errors.append(f"{type(exc).__name__}: {exc}")
                 return True
 
-        self._server.handle_completions(self.request_body(token_ids, params, max_new_tokens), on_chunk)
+        try:
+            self._server.handle_completions(self.request_body(token_ids, params, max_new_tokens), on_chunk)
+        finally:
+            self._wait_until_idle()
         if errors:
             raise GenerationError(f"llama.cpp failed to generate: {errors[0]}")
+
+    def _wait_until_idle(self) -> None:
+        """Return once llama.cpp's slot has really stopped. ``handle_completions`` returns as soon as the callback
+        asks to stop, but the stop is a task for llama.cpp's own loop, which meanwhile decodes one more token (20-60
+        ms, measured); a reply is over, for the engine, only when nothing computes any more: the next reply, an
+        unload and the process's exit then never race that token."""
+        deadline = time.monotonic() + SLOT_RELEASE_TIMEOUT_S
+        while self.counters().get("requests_processing", 0.0) > 0:
+            if time.monotonic() > deadline:
+                logger.warning("llama.cpp's slot was still busy %.0f s after the reply ended", SLOT_RELEASE_TIMEOUT_S)
+                return
+            time.sleep(0.002)
 
     def counters(self) -> dict[str, float]:
         """llama.cpp's own counters (``tokens_predicted_total``, ``n_decode_total``, ``prompt_tokens_total``, ...):

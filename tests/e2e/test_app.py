@@ -4,6 +4,7 @@ folder, and driven in headless Chromium. Replies come from the real embedded mod
 from __future__ import annotations
 
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from src.db.models import Message
 from src.settings import PROJECT_ROOT
 from src.utils.catalog import resolve_local_model
 from src.utils.ModelManager import STATUS_PARTIAL, STATUS_READY, ModelManager
-from tests.e2e.harness import E2EError, free_port, open_app, press_enter, type_into, wait_for_text
+from tests.e2e.harness import AppServer, E2EError, free_port, open_app, press_enter, type_into, wait_for_text
 from tests.mock_hub import Faults, MockHub
 from tests.openai_test_server import OpenAITestServer
 
@@ -105,13 +106,7 @@ def test_stop_a_long_reply(hearth: Any, monkeypatch: pytest.MonkeyPatch) -> None
     send(page, "Write a very long story about a dragon who learns to bake bread.")
     stop = page.get_by_role("button", name="Stop")
     stop.wait_for(timeout=30_000)
-    # The reply placeholder "…" is replaced by the first words once the model streams; then let it run a little.
-    def streamed_words() -> str:
-        text = page.evaluate("() => document.body.textContent")
-        # The live reply sits between its "Assistant" label and the Stop button in the accessibility text.
-        return text.rsplit("Assistant", 1)[-1].split("Stop", 1)[0].replace("…", "").strip() if "Assistant" in text else ""
-
-    wait_until(streamed_words, 60, "the first words of the reply")
+    wait_until(lambda: streamed_words(page), 60, "the first words of the reply")
     page.wait_for_timeout(1000)
     stop.click()
     page.get_by_role("button", name="Send", exact=True).wait_for(timeout=10_000)
@@ -119,6 +114,41 @@ def test_stop_a_long_reply(hearth: Any, monkeypatch: pytest.MonkeyPatch) -> None
     assert reply.finish_reason == "cancelled"
     assert 0 < reply.completion_tokens < 400, "Stop must halt the engine, not only the display"
     wait_for_text(page, "stopped", timeout=10)
+
+
+def streamed_words(page: Any) -> str:
+    """The words of the reply being streamed (the placeholder "…" is replaced by them once the model streams)."""
+    text = page.evaluate("() => document.body.textContent")
+    # The live reply sits between its "Assistant" label and the Stop button in the accessibility text.
+    return text.rsplit("Assistant", 1)[-1].split("Stop", 1)[0].replace("…", "").strip() if "Assistant" in text else ""
+
+
+def test_closing_the_app_while_a_reply_streams_keeps_the_partial_reply(
+    browser: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM (what the session manager sends at logout; closing the window ends ft.run the same way): the model
+    stops, the partial reply is saved, the model is freed, and the process exits 0 instead of crashing in
+    llama.cpp's teardown (src/utils/shutdown.py)."""
+    monkeypatch.setenv("HEARTH_MAX_NEW_TOKENS", "400")
+    server = AppServer(HEARTH, log_path=tmp_path / "server.log").start()
+    try:
+        page = open_app(browser, server.url)
+        send(page, "Write a very long story about a dragon who learns to bake bread.")
+        page.get_by_role("button", name="Stop").wait_for(timeout=30_000)
+        wait_until(lambda: streamed_words(page), 60, "the first words of the reply")
+        assert server.process is not None
+        server.process.send_signal(signal.SIGTERM)
+        code = server.process.wait(timeout=60)
+        page.context.close()
+    finally:
+        server.stop()
+    log = server.log_text()
+    assert code == 0, log[-3000:]
+    for crash in ("FATAL", "Segmentation fault", "terminate called", "Fatal Python error"):
+        assert crash not in log, log[-3000:]
+    [reply] = assistant_messages()
+    assert reply.finish_reason == "cancelled" and reply.content.strip()
+    assert 0 < reply.completion_tokens < 400
 
 
 def test_regenerate_keeps_the_old_version(hearth: Any) -> None:

@@ -21,6 +21,7 @@ from src.ui.workflows.evolution_view import EvolutionChatRun, parse_evolve_comma
 from src.utils.generation import FINISH_CANCELLED, GenerationResult
 from src.utils.ModelManager import STATUS_EMBEDDED, STATUS_READY
 from src.utils.providers import PROVIDER_LOCAL, PROVIDER_OPENAI_COMPATIBLE
+from src.utils.shutdown import stops_at_shutdown
 
 if TYPE_CHECKING:
     from src.ui.app import HearthApp
@@ -357,15 +358,20 @@ class ChatPage:
         self.app.page.update()
 
     def run_workflow(self, workflow: Any, work: Callable[[], Any]) -> None:
-        """On the workflow's own thread: run it, then hand the result, or a readable error, to the UI."""
+        """On the workflow's own thread: run it, save its outcome, then hand the result, or a readable error, to
+        the UI. Closing the app stops the run (src/utils/shutdown.py) and still saves what it did: here, not on the
+        UI loop, which is gone by then."""
         try:
-            result = work()
+            with stops_at_shutdown(workflow.cancel):
+                result = work()
         except HearthError as exc:
             self.app.call_ui(self._workflow_finished, workflow, None, str(exc))
             return
         except Exception as exc:  # a bug: a banner, never a frozen chat
             self.app.call_ui(self._workflow_finished, workflow, None, f"{type(exc).__name__}: {exc}")
             return
+        model = "agent-company" if isinstance(workflow, CompanyBuild) else "evolution"
+        self.chats.add_message(workflow.chat_id, "assistant", workflow.transcript(result), model=model)
         self.app.call_ui(self._workflow_finished, workflow, result, None)
 
     def _workflow_finished(self, workflow: Any, result: Any, error: str | None) -> None:
@@ -375,8 +381,6 @@ class ChatPage:
         if error is not None:
             self.app.show_error(error)
             return
-        model = "agent-company" if isinstance(workflow, CompanyBuild) else "evolution"
-        self.chats.add_message(workflow.chat_id, "assistant", workflow.transcript(result), model=model)
         if self.chat_id == workflow.chat_id:
             self.messages.controls.append(workflow.summary_card(result))
         self.refresh_list()

@@ -103,7 +103,10 @@ class EvolutionChatRun:
         self.chat.run_workflow(self, self.simulation.run)
 
     def _on_event(self, event: Any) -> None:
-        # Called on the simulation's thread: progress is thinned out here so the UI loop is never flooded.
+        # Called on the simulation's thread: progress is thinned out here so the UI loop is never flooded. The
+        # transcript is kept here too: it is saved from this thread when the run ends (ChatPage.run_workflow).
+        if event.kind == "generation":
+            self.generation_lines.append(event.text)
         if event.kind == "step" and event.image is None:
             now = time.monotonic()
             if now - self._last_progress < PROGRESS_INTERVAL_S:
@@ -115,8 +118,6 @@ class EvolutionChatRun:
         return self.chat.chat_id == self.chat_id
 
     def _show_event(self, event: Any) -> None:
-        if event.kind == "generation":
-            self.generation_lines.append(event.text)
         if not self._visible():
             return  # the user is looking at another conversation; the run folder keeps everything
         if event.kind == "step":
