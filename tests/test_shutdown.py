@@ -168,11 +168,10 @@ def test_a_cancelled_llamacpp_reply_has_stopped_computing_when_it_ends() -> None
             stream.close()
             backend = engine._backend
             assert backend is not None
-            counters = backend.counters()
+            decoded = backend.counters()["n_decode_total"]
             # llama.cpp's own loop used to go on decoding for 20-60 ms after the engine had called the reply over.
-            assert counters["requests_processing"] == 0
-            time.sleep(0.1)
-            assert backend.counters()["tokens_predicted_total"] == counters["tokens_predicted_total"]
+            time.sleep(0.2)
+            assert backend.counters()["n_decode_total"] == decoded
     finally:
         engine.unload_model()
 
@@ -248,7 +247,7 @@ def test_the_server_stops_cleanly_on_sigterm_while_streaming(backend: str) -> No
 
 
 ORDER_OF_STEPS = """
-import gc, threading, time
+import threading, time
 from src.utils import shutdown
 
 events = []
@@ -267,18 +266,20 @@ def stubborn_work():
     with shutdown.stops_at_shutdown(lambda: events.append("asked the stubborn one")):
         time.sleep(30)
 
-class Abandoned:
+from src.utils.generation import TextStream
+
+class Abandoned(TextStream):
     def cancel(self):
         events.append("cancelled an abandoned stream")
+        super().cancel()
 
-def abandoned():
-    with shutdown.stops_at_shutdown(Abandoned().cancel):
-        yield
+def pieces():
+    yield "a"
+    yield "b"
 
-generator = abandoned()
-next(generator)  # suspended inside the block, then dropped: collected, so the block ends
-del generator
-gc.collect()
+abandoned = Abandoned().start(pieces())
+next(abandoned)  # read once, then dropped without close(): only the cycle collector can free it
+del abandoned
 threading.Thread(target=careful_work, daemon=True).start()
 inside.wait(10)
 shutdown.on_shutdown(lambda deadline: events.append("released"))

@@ -220,9 +220,10 @@ def serve_forever(
         timeout_graceful_shutdown=int(_settings.SERVER_GRACEFUL_SHUTDOWN_S),
     )
     class _Server(uvicorn.Server):
-        def handle_exit(self, sig: int, frame: Any) -> None:  # Ctrl+C, SIGTERM
+        def handle_exit(self, sig: int, frame: Any) -> None:  # Ctrl+C, SIGTERM, in the main thread
             super().handle_exit(sig, frame)
-            _cancel_open_requests(app)
+            # Not here: a signal handler interrupts the event loop, which may hold the lock cancel_all() takes.
+            threading.Thread(target=_cancel_open_requests, args=(app,), name="hearth-api-stop", daemon=True).start()
 
     server = _Server(config)
     if on_started is not None:

@@ -649,7 +649,7 @@ class _GenerationWorker:
         accepted (``EngineStoppedError``): the process is shutting down."""
         done = threading.Event()
         with self._start_lock:
-            if self._closed:
+            if self._closed or (shutdown.is_shutting_down() and not last):
                 raise EngineStoppedError()
             self._closed = last
             if self._thread is None or not self._thread.is_alive():
@@ -681,7 +681,11 @@ def _release_engines(deadline: float) -> None:
     ``should_stop`` is true for any other), unload every engine's model on the worker, where it was loaded. llama.cpp's threads are then joined while the interpreter still runs, instead of running on into
     ``exit()``, which destroys the C++ statics they use (a SIGSEGV after Ctrl+C stopped a reply)."""
 
+    gave_up = threading.Event()
+
     def unload_all() -> None:
+        if gave_up.is_set():  # too late: freeing the model now would race the interpreter's exit
+            return
         for engine in list(_engines):
             try:
                 engine.unload_model()
@@ -689,6 +693,7 @@ def _release_engines(deadline: float) -> None:
                 logger.exception("Could not unload a model at shutdown")
 
     if not _SHARED_WORKER.close(unload_all, deadline):
+        gave_up.set()
         logger.warning("The engine was still busy at shutdown; its model was not freed before exit")
 
 

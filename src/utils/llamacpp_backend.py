@@ -202,7 +202,10 @@ class LlamaCppBackend:
         try:
             self._server.handle_completions(self.request_body(token_ids, params, max_new_tokens), on_chunk)
         finally:
-            self._wait_until_idle()
+            try:
+                self._wait_until_idle()
+            except GenerationError as exc:  # never hide the generation's own error behind this one
+                logger.warning("Could not ask llama.cpp whether its slot is idle: %s", exc)
         if errors:
             raise GenerationError(f"llama.cpp failed to generate: {errors[0]}")
 

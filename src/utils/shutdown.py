@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import gc
 import inspect
 import logging
 import threading
@@ -32,6 +33,9 @@ logger = logging.getLogger(__name__)
 # Enough for a cancelled reply to stop (one token) and its history to be written, and for a model to be freed. A
 # company run may take longer to write its summary; what has not ended by then is reported in the log.
 DEFAULT_DEADLINE_S = 20.0
+# Kept back from the work for the hooks: freeing a model takes well under a second, and a hook that runs out of
+# time gives up (a model not freed) rather than race the interpreter's exit.
+RELEASE_RESERVE_S = 5.0
 
 _lock = threading.Lock()
 _running: dict[object, tuple[Callable[[], Callable[[], None] | None], threading.Event]] = {}
@@ -44,14 +48,15 @@ _finished = threading.Event()
 def stops_at_shutdown(cancel: Callable[[], None]) -> Iterator[None]:
     """While the block runs, a shutdown calls ``cancel()`` and waits for the block to end (up to its deadline).
     A bound method is held weakly, so an abandoned stream can still be garbage-collected (and so closed)."""
-    reference = weakref.WeakMethod(cancel) if inspect.ismethod(cancel) else (lambda: cancel)
+    reference = weakref.WeakMethod(cancel) if inspect.ismethod(cancel) else (lambda strong=cancel: strong)
     ended = threading.Event()
     key = object()
     with _lock:
         _running[key] = (reference, ended)
+    if _started.is_set():
+        cancel()  # started during the shutdown: stop at once
+    del cancel  # this frame must not keep a stream alive that its reader dropped
     try:
-        if _started.is_set():
-            cancel()  # started during the shutdown: stop at once
         yield
     finally:
         with _lock:
@@ -73,6 +78,12 @@ def is_shutting_down() -> bool:
 
 def shutdown(deadline_s: float = DEFAULT_DEADLINE_S) -> None:
     """Stop the work in flight, then run the hooks, at most once per process (later calls wait for the first)."""
+    if _started.is_set():
+        _finished.wait(deadline_s)
+        return
+    # A stream its reader dropped without closing it is freed only by the cycle collector (stream and generator
+    # refer to each other); collected now, it is closed now, instead of being waited for until the deadline.
+    gc.collect()
     with _lock:
         first = not _started.is_set()
         _started.set()
@@ -82,13 +93,14 @@ def shutdown(deadline_s: float = DEFAULT_DEADLINE_S) -> None:
         _finished.wait(deadline_s)
         return
     deadline = time.monotonic() + deadline_s
+    work_deadline = deadline - min(RELEASE_RESERVE_S, deadline_s / 4)
     try:
         for reference, _ in running:
             cancel = reference()
             if cancel is not None:
                 _quietly(cancel)
         for _, ended in running:
-            if not ended.wait(max(0.0, deadline - time.monotonic())):
+            if not ended.wait(max(0.0, work_deadline - time.monotonic())):
                 logger.warning("Work still running at shutdown did not stop in time; its result may be lost")
                 break
         for hook in hooks:

@@ -362,16 +362,16 @@ class ChatPage:
         the UI. Closing the app stops the run (src/utils/shutdown.py) and still saves what it did: here, not on the
         UI loop, which is gone by then."""
         try:
-            with stops_at_shutdown(workflow.cancel):
+            with stops_at_shutdown(workflow.cancel):  # the shutdown waits until the outcome is saved
                 result = work()
+                model = "agent-company" if isinstance(workflow, CompanyBuild) else "evolution"
+                self.chats.add_message(workflow.chat_id, "assistant", workflow.transcript(result), model=model)
         except HearthError as exc:
             self.app.call_ui(self._workflow_finished, workflow, None, str(exc))
             return
         except Exception as exc:  # a bug: a banner, never a frozen chat
             self.app.call_ui(self._workflow_finished, workflow, None, f"{type(exc).__name__}: {exc}")
             return
-        model = "agent-company" if isinstance(workflow, CompanyBuild) else "evolution"
-        self.chats.add_message(workflow.chat_id, "assistant", workflow.transcript(result), model=model)
         self.app.call_ui(self._workflow_finished, workflow, result, None)
 
     def _workflow_finished(self, workflow: Any, result: Any, error: str | None) -> None:
