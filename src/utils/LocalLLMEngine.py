@@ -678,9 +678,9 @@ _engines: weakref.WeakSet[LocalLLMEngine] = weakref.WeakSet()
 
 def _release_engines(deadline: float) -> None:
     """At shutdown, once the worker has finished what it was doing (the replies were cancelled first, and
-    ``should_stop`` is true for any other), unload every engine's model on the worker, where it was loaded. llama.cpp's threads are then joined while the interpreter still runs, instead of running on into
-    ``exit()``, which destroys the C++ statics they use (a SIGSEGV after Ctrl+C stopped a reply)."""
-
+    ``should_stop`` is true for any other), unload every engine's model on the worker, where it was loaded.
+    llama.cpp's threads are then joined while the interpreter still runs, instead of running on into ``exit()``,
+    which destroys the C++ statics they use (a SIGSEGV after Ctrl+C stopped a reply)."""
     gave_up = threading.Event()
 
     def unload_all() -> None:

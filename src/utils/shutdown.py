@@ -78,9 +78,6 @@ def is_shutting_down() -> bool:
 
 def shutdown(deadline_s: float = DEFAULT_DEADLINE_S) -> None:
     """Stop the work in flight, then run the hooks, at most once per process (later calls wait for the first)."""
-    if _started.is_set():
-        _finished.wait(deadline_s)
-        return
     # A stream its reader dropped without closing it is freed only by the cycle collector (stream and generator
     # refer to each other); collected now, it is closed now, instead of being waited for until the deadline.
     gc.collect()
