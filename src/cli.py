@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="incremental development: improve the program in this folder (copied; the original is not changed)",
     )
     company.add_argument("--max-tokens", type=int, dest="max_tokens", help="cap on every model call (default: each phase's own)")
+    company.add_argument(
+        "--allow-unsandboxed",
+        action="store_true",
+        help="where no sandbox can start, run the generated programs anyway, with time and memory limits only "
+        "(they can then read your files and use the network)",
+    )
 
     from src.workflows.evolution.cli import add_evolve_parser
 
@@ -351,7 +357,9 @@ def _company(args: argparse.Namespace) -> int:
 
     from src.utils.ChatUtils import AIRequestHandlerWithHistory
     from src.workflows.company.runner import CompanyRun
+    from src.workflows.company.sandbox import require_containment
 
+    require_containment(args.allow_unsandboxed)  # before a model is loaded: a refusal should be instant
     handler = AIRequestHandlerWithHistory()
     if args.model:
         handler.refresh_config(model_override=args.model)
@@ -385,6 +393,7 @@ def _company(args: argparse.Namespace) -> int:
         cancel=cancel,
         human=ask_human,
         base_folder=args.base_folder,
+        allow_unsandboxed=args.allow_unsandboxed,
     )
     # Ctrl+C only asks the company to stop: it then finishes its log and summary.
     result = run_interruptibly(run.run, cancel, "stopping the company: finishing the log and summary...", "hearth-company")

@@ -287,6 +287,29 @@ class ProgramStartError(CompanyError):
         )
 
 
+class SandboxUnavailableError(CompanyError):
+    """The sandbox mode asked for (HEARTH_SANDBOX) cannot run on this machine."""
+
+    def __init__(self, mode: str, reason: str) -> None:
+        self.mode, self.reason = mode, reason
+        super().__init__(
+            f"The {mode} sandbox cannot run here: {reason}. Generated programs were not run. "
+            "Set HEARTH_SANDBOX=auto to use the strongest sandbox this machine has."
+        )
+
+
+class UnsandboxedRunRefusedError(CompanyError):
+    """No sandbox can start here, and the user has not agreed to run generated code without one."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(
+            f"No sandbox can start on this machine ({reason}), so a generated program could read your files, use "
+            "the network and write anywhere you can. Nothing was run. To run it anyway, with time and memory limits "
+            "only: --allow-unsandboxed on the command line, or HEARTH_SANDBOX=rlimits."
+        )
+
+
 # --- agent company config ---------------------------------------------------------------------------------------
 
 

@@ -83,6 +83,9 @@ ENV_REMOTE_READ_TIMEOUT = "HEARTH_REMOTE_READ_TIMEOUT"
 ENV_MAX_NEW_TOKENS = "HEARTH_MAX_NEW_TOKENS"
 ENV_WAREHOUSE_DIR = "HEARTH_WAREHOUSE_DIR"
 ENV_EVOLUTION_DIR = "HEARTH_EVOLUTION_DIR"
+ENV_SANDBOX = "HEARTH_SANDBOX"  # how generated programs are contained: auto | bubblewrap | rlimits
+SANDBOX_AUTO, SANDBOX_BUBBLEWRAP, SANDBOX_RLIMITS = "auto", "bubblewrap", "rlimits"
+SANDBOX_MODES = (SANDBOX_AUTO, SANDBOX_BUBBLEWRAP, SANDBOX_RLIMITS)
 ENV_SERVER_API_KEY = "HEARTH_SERVER_API_KEY"  # the key clients of `main.py serve` must send (Bearer)
 
 
@@ -118,6 +121,7 @@ class Settings:
     server_api_key: str | None = None  # HEARTH_SERVER_API_KEY; never logged
     lean_decoder: bool = True  # HEARTH_LEAN_DECODER: Llama-family models on the CPU skip generate() (lean_decoder.py)
     threads: int | None = None  # HEARTH_THREADS; None = automatic (src/utils/cpu.py)
+    sandbox: str = SANDBOX_AUTO  # HEARTH_SANDBOX: the strongest mode available, or the one named (src/sandbox/)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -148,6 +152,7 @@ class Settings:
             server_api_key=(env.get(ENV_SERVER_API_KEY) or "").strip() or None,
             lean_decoder=(env.get(ENV_LEAN_DECODER) or "1").strip().lower() not in {"0", "false", "no", "off"},
             threads=parse_threads(env.get(ENV_THREADS)),
+            sandbox=parse_sandbox(env.get(ENV_SANDBOX)),
         )
 
     def default_hub_endpoints(self) -> list[str]:
@@ -156,6 +161,15 @@ class Settings:
             if endpoint not in endpoints:
                 endpoints.append(endpoint)
         return endpoints
+
+
+def parse_sandbox(value: str | None) -> str:
+    mode = (value or SANDBOX_AUTO).strip().lower()
+    if mode not in SANDBOX_MODES:
+        from src.errors import ConfigError
+
+        raise ConfigError(f"{ENV_SANDBOX} must be one of {', '.join(SANDBOX_MODES)}, not {value!r}.")
+    return mode
 
 
 def parse_threads(value: str | None) -> int | None:

@@ -8,6 +8,7 @@ also run every query against the database they were given, so they never depend 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -64,8 +65,13 @@ def _enable_wal(path: Path) -> None:
 
 
 def open_database(path: Path) -> peewee.SqliteDatabase:
-    """A new, unmigrated handle on the SQLite file at ``path`` with Hearth's pragmas. Prefer ``get_database()``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """A new, unmigrated handle on the SQLite file at ``path`` with Hearth's pragmas. Prefer ``get_database()``.
+
+    A folder made here is the user's alone (0700) and so is the database (0600; SQLite gives its -wal and -shm files
+    the same mode): chats are private, also from other users of the machine."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not path.exists():
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
     _enable_wal(path)
     # thread_safe (the default) gives every thread its own connection, opened on first use.
     return peewee.SqliteDatabase(

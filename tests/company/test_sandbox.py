@@ -1,5 +1,7 @@
 """Running generated programs: real subprocesses, real signals, real limits. Timeouts are short to keep the suite fast;
-no assertion on time is tighter than "within the timeout + 5 s"."""
+no assertion on time is tighter than "within the timeout + 5 s". Every test runs in each sandbox mode this machine
+has (bubblewrap where it can start, and the limits-only fallback); what only bubblewrap contains is in
+tests/security/."""
 
 from __future__ import annotations
 
@@ -14,11 +16,41 @@ from pathlib import Path
 import pytest
 
 from src.errors import ProgramStartError, ProjectFileNotFoundError, UnsafePathError
+from src.sandbox.bubblewrap import find_bubblewrap
+from src.settings import ENV_SANDBOX, SANDBOX_BUBBLEWRAP, SANDBOX_RLIMITS, reload_settings
 from src.workflows.company.sandbox import ResourceLimits, RunResult, parse_missing_modules, run_program
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="process groups, signals and rlimits are POSIX")
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 MiB = 1024 * 1024
+
+
+@pytest.fixture(autouse=True, params=[SANDBOX_BUBBLEWRAP, SANDBOX_RLIMITS])
+def sandbox_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == SANDBOX_BUBBLEWRAP and find_bubblewrap().found is None:
+        pytest.skip(f"bubblewrap cannot start here: {find_bubblewrap().reason}")
+    monkeypatch.setenv(ENV_SANDBOX, request.param)
+    reload_settings()
+    return str(request.param)
+
+
+def processes_in(folder: Path, wait_s: float = 3.0) -> list[int]:
+    """Live processes whose working folder is inside ``folder`` (in any PID namespace), after waiting up to
+    ``wait_s`` for them to go: the pids a program prints inside bubblewrap's namespace mean nothing out here."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = []
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                if Path(os.readlink(f"/proc/{name}/cwd")).is_relative_to(folder.resolve()):
+                    found.append(int(name))
+            except (OSError, ValueError):
+                continue
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
 
 
 def make_project(folder: Path, source: str, name: str = "main.py") -> Path:
@@ -203,12 +235,15 @@ def test_forked_children_are_all_killed(tmp_path: Path, main_waits: bool) -> Non
             time.sleep(1000)
     """
     started = time.monotonic()
-    result = run_program(make_project(tmp_path / "p", source), timeout_s=2)
+    project = make_project(tmp_path / "p", source)
+    result = run_program(project, timeout_s=2)
     assert time.monotonic() - started < 2 + 5
     assert result.timed_out == main_waits
     children = [int(pid) for pid in result.stdout.split()]
     assert len(children) == 4
-    assert all(is_gone(pid) for pid in children)
+    assert processes_in(project) == []
+    if result.sandbox == SANDBOX_RLIMITS:  # the same pids out here
+        assert all(is_gone(pid) for pid in children)
     assert result.pid is not None and group_is_gone(result.pid)
 
 
@@ -222,9 +257,12 @@ def test_a_child_that_leaves_the_process_group_is_killed_too(tmp_path: Path) -> 
             time.sleep(1000)
         time.sleep(1000)
     """
-    result = run_program(make_project(tmp_path / "p", source), timeout_s=1.5)
+    project = make_project(tmp_path / "p", source)
+    result = run_program(project, timeout_s=1.5)
     escaped = int(result.stdout.split()[0])
-    assert is_gone(escaped)
+    assert processes_in(project) == []
+    if result.sandbox == SANDBOX_RLIMITS:
+        assert is_gone(escaped)
 
 
 @linux_only
@@ -377,3 +415,30 @@ def test_process_limit_stops_a_fork_loop(tmp_path: Path) -> None:
     result = run_program(make_project(tmp_path / "p", source), timeout_s=2, limits=ResourceLimits(max_new_processes=20))
     assert result.stdout.startswith("stopped after")
     assert int(result.stdout.split()[2]) <= 40
+
+
+@linux_only
+def test_the_program_is_the_first_choice_of_the_oom_killer(tmp_path: Path) -> None:
+    result = run_program(make_project(tmp_path / "p", "print(open('/proc/self/oom_score_adj').read())\n"))
+    assert result.ok, result.stderr
+    assert result.stdout.strip() == "1000"
+
+
+@linux_only
+def test_hearth_is_not_dumpable_while_a_program_runs_without_bubblewrap(tmp_path: Path, sandbox_mode: str) -> None:
+    """Limits-only mode: a program of the same user cannot read Hearth's /proc/<pid>/environ (its keys) or memory."""
+    from src.workflows.company.sandbox import app_is_dumpable
+
+    assert app_is_dumpable() is True
+    project = make_project(tmp_path / "p", "import time\ntime.sleep(1)\n")
+    runner = threading.Thread(target=lambda: run_program(project, timeout_s=10))
+    runner.start()
+    observed = set()
+    while runner.is_alive():
+        observed.add(app_is_dumpable())
+        time.sleep(0.005)
+    if sandbox_mode == SANDBOX_BUBBLEWRAP:
+        assert observed == {True}  # bubblewrap hides Hearth from the program instead
+    else:
+        assert False in observed
+    assert app_is_dumpable() is True

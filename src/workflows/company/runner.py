@@ -15,8 +15,7 @@ import logging
 import os
 import re
 import shutil
-import subprocess
-import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -47,7 +46,15 @@ from src.workflows.company.phases import (
     RunCancelled,
     shorten,
 )
-from src.workflows.company.sandbox import RunResult, run_program
+from src.workflows.company.sandbox import (
+    RunResult,
+    ToolResult,
+    require_containment,
+    run_analyzer,
+    run_git,
+    run_program,
+    sandbox_description,
+)
 from src.workflows.company.warehouse import ProjectFolder
 
 logger = logging.getLogger(__name__)
@@ -106,6 +113,7 @@ class CompanyRun:
         run_timeout_s: float = 10.0,
         git: bool | None = None,
         base_folder: Path | str | None = None,
+        allow_unsandboxed: bool = False,
     ) -> None:
         if not task or not task.strip():
             raise InvalidParameterError("The company needs a task: describe the program to write.")
@@ -116,6 +124,9 @@ class CompanyRun:
         self.task = task.strip()
         self.name = safe_folder_name(name, "project")
         self.org = safe_folder_name(org, "DefaultOrganization")
+        # Checked now, like the configuration: a run that may not execute its programs is refused before anything
+        # is asked of a model or written.
+        self.sandbox = require_containment(allow_unsandboxed)
         # Loaded now so that a broken configuration is reported before anything runs or is written.
         self.config: CompanyConfig = load_company_config(config)
         self.config.unsupported_phases = _unsupported_phases(self.config)
@@ -147,6 +158,7 @@ class CompanyRun:
                 "give that program's folder (--path FOLDER)."
             )
         self._git_ok = False
+        self._git_dir: Path | None = None  # the repository, outside the project while the run lasts
         self.folder: Path | None = None
         self.log_path: Path | None = None
 
@@ -211,47 +223,59 @@ class CompanyRun:
 
     # --- git -------------------------------------------------------------------------------------------------
 
-    def _git(self, *args: str) -> subprocess.CompletedProcess[str] | None:
-        if self.folder is None:  # only called once run() has made the folder
-            raise RuntimeError("the company run has no project folder yet")
-        command = [
-            "git", "-c", "user.name=Hearth", "-c", "user.email=hearth@localhost", "-c", "commit.gpgsign=false",
-            *args,
-        ]  # fmt: skip
-        try:
-            return subprocess.run(  # fixed argv, no shell, our own folder
-                command,
-                cwd=self.folder,
-                capture_output=True,
-                text=True,
-                timeout=GIT_TIMEOUT_S,
-                check=False,
-                env={"PATH": _path_env(), "GIT_TERMINAL_PROMPT": "0", "HOME": str(self.folder), "LANG": "C.UTF-8"},
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            logger.warning("git %s failed: %s", args[0], exc)
-            return None
+    def _git(self, *args: str) -> ToolResult:
+        if self.folder is None or self._git_dir is None:  # only called once _git_init has made both
+            raise RuntimeError("the company run has no repository yet")
+        return run_git(list(args), git_dir=self._git_dir, work_tree=self.folder, timeout_s=GIT_TIMEOUT_S)
 
     def _git_init(self, ctx: PhaseContext) -> None:
-        if not self.git:
+        if not self.git or self.folder is None:
             return
         if shutil.which("git") is None:
             ctx.notice("Git", "Git mode is on but git is not installed; the project has no version history.")
             return
+        # The repository lives outside the project until the run ends (see sandbox.run_git): the generated program
+        # runs in the project and must not be able to write git's configuration or hooks.
+        repositories = get_settings().data_dir / "company-git"
+        repositories.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._git_dir = Path(tempfile.mkdtemp(prefix=f"{self.folder.name}-", dir=repositories))
         done = self._git("init", "-q")
-        self._git_ok = done is not None and done.returncode == 0
+        self._git_ok = done.exit_code == 0
         if not self._git_ok:
-            ctx.notice("Git", f"git init failed: {done.stderr.strip() if done else 'could not run git'}")
+            ctx.notice("Git", f"git init failed: {done.stderr.strip() or 'could not run git'}")
 
     def _commit(self, ctx: PhaseContext, message: str) -> None:
         if not self._git_ok:
             return
         added = self._git("add", "-A")
-        done = self._git("commit", "-q", "--allow-empty", "-m", message) if added and added.returncode == 0 else None
-        if done is None or done.returncode != 0:
-            ctx.notice("Git", f"git commit {message!r} failed: {done.stderr.strip() if done else 'git add failed'}")
+        done = self._git("commit", "-q", "--no-verify", "--allow-empty", "-m", message) if added.exit_code == 0 else added
+        if done.exit_code != 0:
+            ctx.notice("Git", f"git commit {message!r} failed: {done.stderr.strip() or 'git did not run'}")
         else:
             self._log(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] git commit: {message}")
+
+    def _hand_over_repository(self, ctx: PhaseContext) -> None:
+        """Once nothing of the project runs any more, its history moves into the project as ``.git`` (where
+        ChatDev users look for it), replacing whatever ``.git`` the program itself may have left there."""
+        if self._git_dir is None or self.folder is None:
+            return
+        git_dir, self._git_dir = self._git_dir, None
+        if not self._git_ok:
+            shutil.rmtree(git_dir, ignore_errors=True)
+            return
+        target = self.folder / ".git"
+        try:
+            if target.is_symlink() or target.is_file():
+                target.unlink()
+            elif target.exists():
+                shutil.rmtree(target)
+                ctx.notice("Git", "The program had made a .git folder of its own; it was replaced by the history.")
+            shutil.move(str(git_dir), target)
+        except OSError as exc:
+            ctx.notice("Git", f"The project's history stays in {git_dir}: it could not be moved into the project ({exc}).")
+            return
+        # init recorded where the work tree was; inside the project, git finds it by itself (and the folder can move).
+        run_git(["config", "--unset", "core.worktree"], git_dir=target, work_tree=self.folder, timeout_s=GIT_TIMEOUT_S)
 
     # --- files of the run ------------------------------------------------------------------------------------
 
@@ -473,6 +497,7 @@ class CompanyRun:
             "Quality_Tests": f"{ctx.tests_passed} passed, {ctx.tests_failed} failed",
             "Quality_Lint_Findings": str(lint) if lint >= 0 else "ruff unavailable",
             "Quality_Security_Findings": str(security) if security >= 0 else "bandit unavailable",
+            "Sandbox": sandbox_description(result.sandbox) if result is not None else "no program was run",
             "Model_Calls": str(stats.model_calls),
             "Tokens": f"{stats.prompt_tokens} prompt, {stats.completion_tokens} completion",
             "Utterances": str(stats.utterances),
@@ -482,10 +507,12 @@ class CompanyRun:
         self._write_own(project, "meta.txt", self._meta(ctx.env, ctx, quality))
         if self._git_ok:
             self._commit(ctx, "Final Version")
+        self._hand_over_repository(ctx)
         relative = self.folder.name
         summary_lines = [
             f"{'Cancelled: ' if cancelled else ''}{self.name}: {len(files)} file(s), {lines} line(s) in {relative}",
             f"Run: {run_summary}",
+            f"Sandbox: {quality['Sandbox']}.",
             (
                 f"Tests: {ctx.tests_passed} passed, {ctx.tests_failed} failed. Lint findings: "
                 f"{lint if lint >= 0 else 'n/a'}. Security findings: {security if security >= 0 else 'n/a'}."
@@ -553,33 +580,21 @@ def _append_own_file(path: Path, text: str) -> None:
         handle.write(text)
 
 
-def _path_env() -> str:
-    return os.environ.get("PATH", os.defpath)
-
-
 def _analysis(ctx: PhaseContext, module: str, args: list[str], folder: Path) -> str | None:
-    """stdout of ``python -m module args`` run on the project (static analysis only: nothing of it executes)."""
+    """stdout of the analyzer ``module`` run on the project (static analysis only: nothing of it executes)."""
     if find_spec(module) is None:
         ctx.notice("Quality", f"{module} is not installed; its findings are not counted.")
         return None
-    try:
-        done = subprocess.run(  # fixed argv, no shell
-            [sys.executable, "-m", module, *args],
-            cwd=folder,
-            capture_output=True,
-            text=True,
-            timeout=ANALYSIS_TIMEOUT_S,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        ctx.notice("Quality", f"{module} could not check the project: {exc}")
+    done = run_analyzer(module, args, folder, timeout_s=ANALYSIS_TIMEOUT_S)
+    if done.exit_code is None:
+        ctx.notice("Quality", f"{module} could not check the project: {done.stderr}")
         return None
     return done.stdout
 
 
 def _ruff_findings(ctx: PhaseContext, folder: Path) -> int:
     # --isolated: the project's own rules, not those of a pyproject.toml the WareHouse happens to sit under.
-    out = _analysis(ctx, "ruff", ["check", "--isolated", "--output-format", "json", "--no-cache", "."], folder)
+    out = _analysis(ctx, "ruff", ["check", "--isolated", "--output-format", "json", "--no-cache", "{project}"], folder)
     if out is None:
         return -1
     try:
@@ -591,7 +606,7 @@ def _ruff_findings(ctx: PhaseContext, folder: Path) -> int:
 
 def _bandit_findings(ctx: PhaseContext, folder: Path) -> int:
     # B101 (assert) is skipped: pytest tests are made of asserts, which are not a security problem there.
-    out = _analysis(ctx, "bandit", ["-r", "-f", "json", "-q", "--skip", "B101", "-x", "./.git", "."], folder)
+    out = _analysis(ctx, "bandit", ["-r", "-f", "json", "-q", "--skip", "B101", "-x", "{project}/.git", "{project}"], folder)
     if out is None:
         return -1
     try:

@@ -27,7 +27,11 @@ What a run gets, and why:
 
 Not a security boundary: the program can still read any file the user can, and use the network. It protects
 against accidents of junk code (infinite loops, runaway output, fork loops, huge allocations), not against an
-adversary.
+adversary (the operating-system sandbox is the open part of issue 12).
+
+Everything else that touches a project goes through here too, and executes none of its files: ``run_analyzer``
+(ruff, bandit: isolated Python, started outside the folder) and ``run_git`` (no configuration the program can
+write is ever read).
 
 Windows: no rlimits and no setsid escape hunting. The program gets CREATE_NEW_PROCESS_GROUP, and is stopped with
 ``taskkill /F /T`` (the whole tree of processes it started, as far as Windows still records their parents); the
@@ -38,10 +42,12 @@ Missing third-party modules are reported (``RunResult.missing_modules``), never 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import re
+import select
 import shutil
 import signal
 import site
@@ -51,12 +57,14 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from src.errors import ProgramStartError, ProjectFileNotFoundError
+from src.errors import ProgramStartError, ProjectFileNotFoundError, SandboxUnavailableError, UnsandboxedRunRefusedError
+from src.sandbox.bubblewrap import HOME_INSIDE, Bubblewrap, find_bubblewrap, wrap
+from src.settings import SANDBOX_AUTO, SANDBOX_BUBBLEWRAP, SANDBOX_RLIMITS, get_settings, parse_sandbox
 from src.workflows.company.code_extraction import safe_relative_path
 
 logger = logging.getLogger(__name__)
@@ -103,6 +111,7 @@ class RunResult:
     traceback: bool  # stderr shows a Python traceback
     missing_modules: list[str] = field(default_factory=list)  # from "No module named 'x'", in order, no repeats
     pid: int | None = None  # also the process group id on POSIX
+    sandbox: str = SANDBOX_RLIMITS  # the mode that contained it: "bubblewrap" or "rlimits" (limits only)
 
     @property
     def crashed(self) -> bool:
@@ -152,6 +161,7 @@ def run_program(
     env: dict[str, str] | None = None,
     python: str | None = None,
     limits: ResourceLimits | None = None,
+    sandbox: str | None = None,
 ) -> RunResult:
     """Run ``python entry`` in ``project`` and return what happened; returns once every process of the run is dead.
 
@@ -159,6 +169,8 @@ def run_program(
     ``python`` defaults to the app's own interpreter (``sys.executable``), so the packages of its environment are
     available. Raises :class:`ProjectFileNotFoundError` when ``entry`` is not a file of the project (or its name is
     unsafe: :class:`UnsafePathError`), and :class:`ProgramStartError` when the interpreter can't be started.
+    ``sandbox`` overrides HEARTH_SANDBOX (``choose_sandbox``); a mode that cannot run is a
+    :class:`SandboxUnavailableError` and nothing runs.
     """
     try:
         project = Path(project).resolve(strict=True)
@@ -169,17 +181,29 @@ def run_program(
     if not entry_path.is_relative_to(project) or not entry_path.is_file():
         raise ProjectFileNotFoundError(str(relative_entry), str(project))
     interpreter = python or sys.executable
+    if shutil.which(interpreter) is None:  # inside a sandbox, a missing interpreter would look like a crash
+        raise ProgramStartError(interpreter, "no such executable")
     limits = limits or ResourceLimits()
+    mode, bwrap = choose_sandbox(sandbox)
     run_id = uuid.uuid4().hex
     home = Path(tempfile.mkdtemp(prefix="hearth-run-home-"))
     child_env = _child_environment(home, run_id, env)
     command = [interpreter, str(relative_entry)]
     if not _IS_WINDOWS:
-        command = [interpreter, "-c", _LAUNCHER, *_limit_arguments(limits, timeout_s), "--", *command]
+        # -I: the launcher runs in the project folder, whose resource.py (or os.py) must not stand in for the
+        # standard library's and so skip every limit. The program itself keeps its folder on sys.path: its files
+        # import each other.
+        command = [interpreter, "-I", "-c", _LAUNCHER, *_limit_arguments(limits, timeout_s), "--", *command]
+    if bwrap is not None:
+        command = wrap(bwrap, command, project=project, hidden=[get_settings().data_dir])
+        child_env.update({"HOME": HOME_INSIDE, "TMPDIR": "/tmp"})
 
     stdout_capture = _StreamCapture(max_output_bytes)
     stderr_capture = _StreamCapture(max_output_bytes)
-    try:
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, home, ignore_errors=True)
+        if bwrap is None:
+            cleanup.enter_context(_app_not_dumpable())
         started = time.monotonic()
         try:
             process = subprocess.Popen(
@@ -204,14 +228,14 @@ def run_program(
 
         timed_out = False
         try:
-            process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            timed_out = True
+            timed_out = not _wait_for_exit(process, timeout_s)
         finally:
             duration_s = time.monotonic() - started  # how long it ran, not how long cleaning up took
             # Also when it exited by itself: whatever it started in the background must not outlive the run.
             _kill_tree(process, run_id)
         exit_code = _reap(process)
+        if bwrap is not None and exit_code is not None and exit_code > 128:
+            exit_code = 128 - exit_code  # bwrap reports a program killed by signal N as 128 + N
 
         deadline = time.monotonic() + _KILL_GRACE_S
         for thread in threads:
@@ -219,8 +243,6 @@ def run_program(
         if any(thread.is_alive() for thread in threads):
             # Only a process that escaped every kill can still hold the pipes; its output is not waited for.
             logger.warning("Run %s: output pipes still open after the kill; keeping what was read", run_id)
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
 
     stdout_text = stdout_capture.text()
     stderr_text = stderr_capture.text()
@@ -234,9 +256,158 @@ def run_program(
         traceback=TRACEBACK_MARKER in stderr_text,
         missing_modules=parse_missing_modules(stderr_text),
         pid=process.pid,
+        sandbox=mode,
     )
     logger.info("Run of %s in %s: %s", relative_entry, project, result.summary())
     return result
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    exit_code: int | None  # None: it could not be started, or was stopped at its timeout
+    stdout: str
+    stderr: str
+
+
+def run_analyzer(module: str, arguments: list[str], project: Path, *, timeout_s: float) -> ToolResult:
+    """Run a static analyzer of ours (``python -I -m ruff``, ``bandit``) on ``project``: it reads the project's files
+    and executes none of them. ``-I`` and a working directory outside the project keep every project file off
+    ``sys.path`` (a generated ``ruff.py`` or ``calendar.py`` would otherwise be imported by the analyzer); the
+    environment is the same minimal one a generated program gets, so the app's keys are not in it either.
+    ``arguments`` name the project as ``{project}``."""
+    with tempfile.TemporaryDirectory(prefix="hearth-analyzer-") as place:
+        command = [sys.executable, "-I", "-m", module, *(a.replace("{project}", str(project)) for a in arguments)]
+        try:
+            done = subprocess.run(  # fixed argv, no shell
+                command,
+                cwd=place,
+                env=_child_environment(Path(place), uuid.uuid4().hex, None),
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return ToolResult(None, "", str(exc))
+    return ToolResult(done.returncode, done.stdout, done.stderr)
+
+
+def run_git(arguments: list[str], *, git_dir: Path, work_tree: Path, timeout_s: float) -> ToolResult:
+    """Run git on a generated project without letting any of the project's files configure it.
+
+    git executes what its configuration names (hooks, filter and diff drivers, fsmonitor, ...), and a generated
+    program can write files. So: the repository (``git_dir``) is kept outside the project while the run lasts,
+    where the program does not write; no system or global configuration is read, HOME is an empty folder (a
+    ``.gitconfig`` the program leaves in the project is never read), hooks and fsmonitor are off whatever the
+    repository says, and the environment is minimal. A ``.gitattributes`` in the project can then only name
+    drivers that nothing defines."""
+    with tempfile.TemporaryDirectory(prefix="hearth-git-home-") as home:
+        environment = {
+            "PATH": os.environ.get("PATH", os.defpath),
+            "LANG": "C.UTF-8",
+            "HOME": home,
+            "XDG_CONFIG_HOME": home,
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_CONFIG_GLOBAL": os.devnull,
+            "GIT_TERMINAL_PROMPT": "0",
+            "GIT_DIR": str(git_dir),
+            "GIT_WORK_TREE": str(work_tree),
+        }
+        command = ["git", *_GIT_SAFETY, *arguments]
+        try:
+            done = subprocess.run(  # fixed argv, no shell
+                command, cwd=work_tree, env=environment, capture_output=True, text=True, timeout=timeout_s,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return ToolResult(None, "", str(exc))
+    return ToolResult(done.returncode, done.stdout, done.stderr)
+
+
+_GIT_SAFETY = (
+    "-c", "core.hooksPath=" + os.devnull, "-c", "core.fsmonitor=false", "-c", "core.attributesFile=" + os.devnull,
+    "-c", "user.name=Hearth", "-c", "user.email=hearth@localhost", "-c", "commit.gpgsign=false",
+    "-c", "protocol.allow=never",
+)  # fmt: skip
+
+
+_PR_SET_DUMPABLE, _PR_GET_DUMPABLE = 4, 3
+_dumpable_lock = threading.Lock()
+_runs_needing_protection = 0
+
+
+@contextlib.contextmanager
+def _app_not_dumpable() -> Iterator[None]:
+    """Linux, limits-only mode: while a generated program runs, Hearth is not "dumpable", so that processes of the
+    same user (the program) cannot read its memory or ``/proc/<pid>/environ`` (the keys in its environment) or
+    ptrace it. Not enough against a program that runs as root (CAP_SYS_PTRACE); bubblewrap hides Hearth anyway."""
+    global _runs_needing_protection
+    prctl = _prctl()
+    if prctl is None:
+        yield
+        return
+    with _dumpable_lock:
+        _runs_needing_protection += 1
+        if _runs_needing_protection == 1:
+            prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+    try:
+        yield
+    finally:
+        with _dumpable_lock:
+            _runs_needing_protection -= 1
+            if _runs_needing_protection == 0:
+                prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0)
+
+
+def app_is_dumpable() -> bool | None:
+    """Hearth's own PR_GET_DUMPABLE (None where there is no prctl)."""
+    prctl = _prctl()
+    return None if prctl is None else bool(prctl(_PR_GET_DUMPABLE, 0, 0, 0, 0))
+
+
+def _prctl() -> Callable[..., int] | None:
+    if not _IS_LINUX:
+        return None
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+def choose_sandbox(requested: str | None = None) -> tuple[str, Bubblewrap | None]:
+    """The mode a program runs in: ``requested``, else HEARTH_SANDBOX; "auto" is the strongest this machine has.
+    Returns the mode's name and, for bubblewrap, the ``bwrap`` to use."""
+    mode = parse_sandbox(requested) if requested is not None else get_settings().sandbox
+    if mode == SANDBOX_RLIMITS:
+        return mode, None
+    probe = find_bubblewrap()
+    if probe.found is not None:
+        return SANDBOX_BUBBLEWRAP, probe.found
+    if mode == SANDBOX_BUBBLEWRAP:
+        raise SandboxUnavailableError(SANDBOX_BUBBLEWRAP, probe.reason)
+    return SANDBOX_RLIMITS, None
+
+
+def require_containment(allow_unsandboxed: bool = False) -> str:
+    """The mode the programs of a run will use; refuses (``UnsandboxedRunRefusedError``) when the automatic choice
+    fell back to limits only and the user has not agreed to that: generated code never runs uncontained silently.
+    Choosing HEARTH_SANDBOX=rlimits is that agreement."""
+    mode, _ = choose_sandbox()
+    if mode == SANDBOX_RLIMITS and get_settings().sandbox == SANDBOX_AUTO and not allow_unsandboxed:
+        raise UnsandboxedRunRefusedError(find_bubblewrap().reason or "no sandbox for this operating system yet")
+    return mode
+
+
+def sandbox_description(mode: str) -> str:
+    """One line for the run summary and meta.txt: what the mode enforced."""
+    if mode == SANDBOX_BUBBLEWRAP:
+        return (
+            "bubblewrap: read-only file system except the project folder and a private /tmp; home and Hearth's data "
+            "hidden; no network; own PID namespace; limits"
+        )
+    return "limits only (no operating-system sandbox): the program could read your files and use the network"
 
 
 def parse_missing_modules(stderr: str) -> list[str]:
@@ -285,6 +456,11 @@ def _child_environment(home: Path, run_id: str, extra: dict[str, str] | None) ->
 # Kept free of imports beyond the standard library, since it runs under whichever interpreter was asked for.
 _LAUNCHER = r"""
 import os, resource, sys
+try:  # when memory runs out, the kernel's OOM killer should pick the runaway program, not Hearth
+    with open("/proc/self/oom_score_adj", "w") as adj:
+        adj.write("1000")
+except OSError:
+    pass
 args = sys.argv[1:]
 split = args.index("--")
 program = args[split + 1:]
@@ -382,6 +558,30 @@ def _kill_tree(process: subprocess.Popen[bytes], run_id: str) -> None:
             return
         time.sleep(0.02)
     logger.warning("Processes of group %d still exist %g s after SIGKILL (zombies awaiting init?)", pgid, _KILL_GRACE_S)
+
+
+def _wait_for_exit(process: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    """True once ``process`` has exited (and been reaped), False at the timeout. On Linux a pidfd wakes us the moment
+    it exits; ``Popen.wait(timeout)`` polls, with up to 50 ms between looks, which was most of the cost of a short
+    run (benchmarks/sandbox.py)."""
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is not None:
+        try:
+            pidfd = pidfd_open(process.pid)
+        except OSError:  # already reaped, or a kernel before 5.3
+            pidfd = None
+        if pidfd is not None:
+            try:
+                ready, _, _ = select.select([pidfd], [], [], timeout_s)
+            finally:
+                os.close(pidfd)
+            if not ready:
+                return False
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
 
 
 def _is_gone(pid: int, *, group: bool = False) -> bool:

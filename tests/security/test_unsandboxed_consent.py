@@ -1,0 +1,65 @@
+"""Where no sandbox can start, generated code never runs silently: a company run is refused until the user agrees
+(``--allow-unsandboxed``, or HEARTH_SANDBOX=rlimits), and a run that was allowed says in its summary what was not
+contained. The machine without bubblewrap is simulated by a fake probe (orchestration only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from src.errors import SandboxUnavailableError, UnsandboxedRunRefusedError
+from src.sandbox.bubblewrap import BubblewrapProbe
+from src.settings import ENV_SANDBOX, reload_settings
+from src.workflows.company import sandbox
+from src.workflows.company.runner import CompanyRun
+from tests.company.test_runner import PhaseScriptedFakeModel
+
+REASON = "user namespaces are disabled (fake probe)"
+
+
+@pytest.fixture(autouse=True)
+def no_bubblewrap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sandbox, "find_bubblewrap", lambda: BubblewrapProbe(None, REASON))
+
+
+def test_a_company_run_is_refused_before_anything_happens(tmp_path: Path) -> None:
+    model = PhaseScriptedFakeModel()
+    with pytest.raises(UnsandboxedRunRefusedError) as refused:
+        CompanyRun("a todo list", "Todo", model=model, warehouse_root=tmp_path / "WareHouse")
+    assert REASON in str(refused.value) and "--allow-unsandboxed" in str(refused.value)
+    assert model.calls == [] and not (tmp_path / "WareHouse").exists()
+
+
+@pytest.mark.parametrize("how", ["flag", "setting"])
+def test_once_allowed_it_runs_and_says_what_was_not_contained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    if how == "setting":
+        monkeypatch.setenv(ENV_SANDBOX, "rlimits")
+        reload_settings()
+    run = CompanyRun(
+        "print hello", "Hello", model=PhaseScriptedFakeModel(), warehouse_root=tmp_path / "WareHouse",
+        run_timeout_s=3.0, git=False, allow_unsandboxed=how == "flag",
+    )
+    result = run.run()
+    assert result.ran_ok
+    assert "limits only" in result.summary and "could read your files" in result.summary
+    assert "limits only" in (result.folder / "meta.txt").read_text()
+
+
+def test_the_cli_refuses_with_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from src.cli import main
+
+    assert main(["company", "--task", "a todo list", "--name", "Todo"]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "--allow-unsandboxed" in errors[0]
+
+
+def test_asking_for_bubblewrap_where_it_cannot_start_runs_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_SANDBOX, "bubblewrap")
+    reload_settings()
+    (tmp_path / "main.py").write_text("open('ran', 'w').write('x')\n")
+    with pytest.raises(SandboxUnavailableError, match="namespaces are disabled"):
+        sandbox.run_program(tmp_path, "main.py")
+    assert not (tmp_path / "ran").exists()
