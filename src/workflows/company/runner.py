@@ -49,6 +49,7 @@ from src.workflows.company.phases import (
 from src.workflows.company.sandbox import (
     RunResult,
     ToolResult,
+    nested_repositories,
     require_containment,
     run_analyzer,
     run_git,
@@ -226,7 +227,7 @@ class CompanyRun:
     def _git(self, *args: str) -> ToolResult:
         if self.folder is None or self._git_dir is None:  # only called once _git_init has made both
             raise RuntimeError("the company run has no repository yet")
-        return run_git(list(args), git_dir=self._git_dir, work_tree=self.folder, timeout_s=GIT_TIMEOUT_S)
+        return run_git(list(args), git_dir=self._git_dir, work_tree=self.folder, timeout_s=GIT_TIMEOUT_S, sandbox=self.sandbox)
 
     def _git_init(self, ctx: PhaseContext) -> None:
         if not self.git or self.folder is None:
@@ -245,7 +246,17 @@ class CompanyRun:
             ctx.notice("Git", f"git init failed: {done.stderr.strip() or 'could not run git'}")
 
     def _commit(self, ctx: PhaseContext, message: str) -> None:
-        if not self._git_ok:
+        if not self._git_ok or self.folder is None:
+            return
+        nested = nested_repositories(self.folder)
+        if nested:
+            # git would run inside such a repository, under its configuration (filters, fsmonitor): that is the
+            # program's configuration, not ours. Its history stops here rather than run what the program chose.
+            ctx.notice(
+                "Git",
+                f"Not committing {message!r}: the program made a git repository of its own in "
+                f"{', '.join(nested)}, whose configuration git would follow. Remove it to record history again.",
+            )
             return
         added = self._git("add", "-A")
         done = self._git("commit", "-q", "--no-verify", "--allow-empty", "-m", message) if added.exit_code == 0 else added
@@ -275,7 +286,8 @@ class CompanyRun:
             ctx.notice("Git", f"The project's history stays in {git_dir}: it could not be moved into the project ({exc}).")
             return
         # init recorded where the work tree was; inside the project, git finds it by itself (and the folder can move).
-        run_git(["config", "--unset", "core.worktree"], git_dir=target, work_tree=self.folder, timeout_s=GIT_TIMEOUT_S)
+        run_git(["config", "--unset", "core.worktree"], git_dir=target, work_tree=self.folder, timeout_s=GIT_TIMEOUT_S,
+                sandbox=self.sandbox)  # fmt: skip
 
     # --- files of the run ------------------------------------------------------------------------------------
 
@@ -486,8 +498,8 @@ class CompanyRun:
             ran_ok = None
             run_summary = "Not run: " + ("the run was cancelled." if cancelled else "there is no main.py.")
         has_python = any(name.endswith(".py") for name in files)
-        lint = _ruff_findings(ctx, project.root) if has_python else 0
-        security = _bandit_findings(ctx, project.root) if has_python else 0
+        lint = _ruff_findings(ctx, project.root, self.sandbox) if has_python else 0
+        security = _bandit_findings(ctx, project.root, self.sandbox) if has_python else 0
         duration = time.monotonic() - started
         stats = ctx.stats
         quality = {
@@ -580,21 +592,21 @@ def _append_own_file(path: Path, text: str) -> None:
         handle.write(text)
 
 
-def _analysis(ctx: PhaseContext, module: str, args: list[str], folder: Path) -> str | None:
+def _analysis(ctx: PhaseContext, module: str, args: list[str], folder: Path, sandbox: str) -> str | None:
     """stdout of the analyzer ``module`` run on the project (static analysis only: nothing of it executes)."""
     if find_spec(module) is None:
         ctx.notice("Quality", f"{module} is not installed; its findings are not counted.")
         return None
-    done = run_analyzer(module, args, folder, timeout_s=ANALYSIS_TIMEOUT_S)
+    done = run_analyzer(module, args, folder, timeout_s=ANALYSIS_TIMEOUT_S, sandbox=sandbox)
     if done.exit_code is None:
         ctx.notice("Quality", f"{module} could not check the project: {done.stderr}")
         return None
     return done.stdout
 
 
-def _ruff_findings(ctx: PhaseContext, folder: Path) -> int:
+def _ruff_findings(ctx: PhaseContext, folder: Path, sandbox: str) -> int:
     # --isolated: the project's own rules, not those of a pyproject.toml the WareHouse happens to sit under.
-    out = _analysis(ctx, "ruff", ["check", "--isolated", "--output-format", "json", "--no-cache", "{project}"], folder)
+    out = _analysis(ctx, "ruff", ["check", "--isolated", "--output-format", "json", "--no-cache", "{project}"], folder, sandbox)
     if out is None:
         return -1
     try:
@@ -604,9 +616,12 @@ def _ruff_findings(ctx: PhaseContext, folder: Path) -> int:
         return -1
 
 
-def _bandit_findings(ctx: PhaseContext, folder: Path) -> int:
+def _bandit_findings(ctx: PhaseContext, folder: Path, sandbox: str) -> int:
     # B101 (assert) is skipped: pytest tests are made of asserts, which are not a security problem there.
-    out = _analysis(ctx, "bandit", ["-r", "-f", "json", "-q", "--skip", "B101", "-x", "{project}/.git", "{project}"], folder)
+    # --ini /dev/null: a .bandit file in the project would otherwise choose bandit's targets, skips and exclusions
+    # (the program grading its own report); /dev/null has no [bandit] section, so nothing is taken from it.
+    arguments = ["-r", "-f", "json", "-q", "--ini", os.devnull, "--skip", "B101", "-x", "{project}/.git", "{project}"]
+    out = _analysis(ctx, "bandit", arguments, folder, sandbox)
     if out is None:
         return -1
     try:

@@ -64,7 +64,7 @@ from typing import IO
 
 from src.errors import ProgramStartError, ProjectFileNotFoundError, SandboxUnavailableError, UnsandboxedRunRefusedError
 from src.sandbox.bubblewrap import HOME_INSIDE, Bubblewrap, find_bubblewrap, wrap
-from src.settings import SANDBOX_AUTO, SANDBOX_BUBBLEWRAP, SANDBOX_RLIMITS, get_settings, parse_sandbox
+from src.settings import PROJECT_ROOT, SANDBOX_AUTO, SANDBOX_BUBBLEWRAP, SANDBOX_RLIMITS, get_settings, parse_sandbox
 from src.workflows.company.code_extraction import safe_relative_path
 
 logger = logging.getLogger(__name__)
@@ -193,10 +193,9 @@ def run_program(
         # -I: the launcher runs in the project folder, whose resource.py (or os.py) must not stand in for the
         # standard library's and so skip every limit. The program itself keeps its folder on sys.path: its files
         # import each other.
-        command = [interpreter, "-I", "-c", _LAUNCHER, *_limit_arguments(limits, timeout_s), "--", *command]
+        command = [interpreter, "-I", "-c", _LAUNCHER, *_limit_arguments(limits, timeout_s, bwrap), "--", *command]
     if bwrap is not None:
-        command = wrap(bwrap, command, project=project, hidden=[get_settings().data_dir])
-        child_env.update({"HOME": HOME_INSIDE, "TMPDIR": "/tmp"})
+        command = _wrapped(bwrap, command, child_env, project=project)
 
     stdout_capture = _StreamCapture(max_output_bytes)
     stderr_capture = _StreamCapture(max_output_bytes)
@@ -269,19 +268,27 @@ class ToolResult:
     stderr: str
 
 
-def run_analyzer(module: str, arguments: list[str], project: Path, *, timeout_s: float) -> ToolResult:
+def run_analyzer(
+    module: str, arguments: list[str], project: Path, *, timeout_s: float, sandbox: str | None = None
+) -> ToolResult:
     """Run a static analyzer of ours (``python -I -m ruff``, ``bandit``) on ``project``: it reads the project's files
     and executes none of them. ``-I`` and a working directory outside the project keep every project file off
     ``sys.path`` (a generated ``ruff.py`` or ``calendar.py`` would otherwise be imported by the analyzer); the
-    environment is the same minimal one a generated program gets, so the app's keys are not in it either.
-    ``arguments`` name the project as ``{project}``."""
+    environment is the same minimal one a generated program gets, so the app's keys are not in it either; and in
+    the bubblewrap mode it runs in the same sandbox as the program, the project read-only, in case an analyzer
+    ever executes something after all. ``arguments`` name the project as ``{project}``."""
+    project = Path(project).resolve()
+    _, bwrap = choose_sandbox(sandbox)
     with tempfile.TemporaryDirectory(prefix="hearth-analyzer-") as place:
         command = [sys.executable, "-I", "-m", module, *(a.replace("{project}", str(project)) for a in arguments)]
+        environment = _child_environment(Path(place), uuid.uuid4().hex, None)
+        if bwrap is not None:
+            command = _wrapped(bwrap, command, environment, project=project, read_only=True, workdir="/tmp")
         try:
             done = subprocess.run(  # fixed argv, no shell
                 command,
                 cwd=place,
-                env=_child_environment(Path(place), uuid.uuid4().hex, None),
+                env=environment,
                 capture_output=True,
                 text=True,
                 timeout=timeout_s,
@@ -292,7 +299,9 @@ def run_analyzer(module: str, arguments: list[str], project: Path, *, timeout_s:
     return ToolResult(done.returncode, done.stdout, done.stderr)
 
 
-def run_git(arguments: list[str], *, git_dir: Path, work_tree: Path, timeout_s: float) -> ToolResult:
+def run_git(
+    arguments: list[str], *, git_dir: Path, work_tree: Path, timeout_s: float, sandbox: str | None = None
+) -> ToolResult:
     """Run git on a generated project without letting any of the project's files configure it.
 
     git executes what its configuration names (hooks, filter and diff drivers, fsmonitor, ...), and a generated
@@ -300,7 +309,12 @@ def run_git(arguments: list[str], *, git_dir: Path, work_tree: Path, timeout_s: 
     where the program does not write; no system or global configuration is read, HOME is an empty folder (a
     ``.gitconfig`` the program leaves in the project is never read), hooks and fsmonitor are off whatever the
     repository says, and the environment is minimal. A ``.gitattributes`` in the project can then only name
-    drivers that nothing defines."""
+    drivers that nothing defines. What is left is a repository nested in the project (``sub/.git``, with its own
+    configuration: git runs inside it to see its state); the caller refuses to commit such a tree
+    (``nested_repositories``). In the bubblewrap mode git itself runs in the sandbox too, the work tree read-only
+    and only ``git_dir`` writable, so that whatever git might still be made to run is contained like the program."""
+    git_dir, work_tree = Path(git_dir).resolve(), Path(work_tree).resolve()
+    _, bwrap = choose_sandbox(sandbox)
     with tempfile.TemporaryDirectory(prefix="hearth-git-home-") as home:
         environment = {
             "PATH": os.environ.get("PATH", os.defpath),
@@ -314,6 +328,8 @@ def run_git(arguments: list[str], *, git_dir: Path, work_tree: Path, timeout_s: 
             "GIT_WORK_TREE": str(work_tree),
         }
         command = ["git", *_GIT_SAFETY, *arguments]
+        if bwrap is not None:
+            command = _wrapped(bwrap, command, environment, project=work_tree, read_only=True, writable=[git_dir])
         try:
             done = subprocess.run(  # fixed argv, no shell
                 command, cwd=work_tree, env=environment, capture_output=True, text=True, timeout=timeout_s,
@@ -322,6 +338,18 @@ def run_git(arguments: list[str], *, git_dir: Path, work_tree: Path, timeout_s: 
         except (OSError, subprocess.TimeoutExpired) as exc:
             return ToolResult(None, "", str(exc))
     return ToolResult(done.returncode, done.stdout, done.stderr)
+
+
+def nested_repositories(work_tree: Path, *, limit: int = 5) -> list[str]:
+    """Folders of ``work_tree`` (not itself) that hold a ``.git`` of their own (folder or file), at most ``limit``."""
+    found: list[str] = []
+    for folder, subfolders, files in os.walk(work_tree):
+        if Path(folder) != Path(work_tree) and (".git" in subfolders or ".git" in files):
+            found.append(os.path.relpath(folder, work_tree))
+            if len(found) >= limit:
+                break
+        subfolders[:] = [name for name in subfolders if name != ".git"]
+    return found
 
 
 _GIT_SAFETY = (
@@ -334,6 +362,7 @@ _GIT_SAFETY = (
 _PR_SET_DUMPABLE, _PR_GET_DUMPABLE = 4, 3
 _dumpable_lock = threading.Lock()
 _runs_needing_protection = 0
+_dumpable_before = 1
 
 
 @contextlib.contextmanager
@@ -346,17 +375,19 @@ def _app_not_dumpable() -> Iterator[None]:
     if prctl is None:
         yield
         return
+    global _dumpable_before
     with _dumpable_lock:
         _runs_needing_protection += 1
         if _runs_needing_protection == 1:
+            _dumpable_before = prctl(_PR_GET_DUMPABLE, 0, 0, 0, 0)
             prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
     try:
         yield
     finally:
         with _dumpable_lock:
             _runs_needing_protection -= 1
-            if _runs_needing_protection == 0:
-                prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0)
+            if _runs_needing_protection == 0 and _dumpable_before > 0:  # not dumpable before: leave it so
+                prctl(_PR_SET_DUMPABLE, _dumpable_before, 0, 0, 0)
 
 
 def app_is_dumpable() -> bool | None:
@@ -418,6 +449,42 @@ def parse_missing_modules(stderr: str) -> list[str]:
 # --- environment -----------------------------------------------------------------------------------------------
 
 
+def folders_to_hide() -> list[Path]:
+    """What a sandboxed run must not see besides the user's home folders: Hearth's data (chats, keys, the other
+    runs' repositories), its install (``.env``), the WareHouse (other projects: the one that runs is put back) and
+    the evolution runs."""
+    settings = get_settings()
+    return [settings.data_dir, settings.db_path.parent, settings.evolution_dir, settings.warehouse_dir, PROJECT_ROOT]
+
+
+def _wrapped(
+    bwrap: Bubblewrap,
+    command: list[str],
+    environment: dict[str, str],
+    *,
+    project: Path,
+    read_only: bool = False,
+    writable: list[Path] | None = None,
+    workdir: str | None = None,
+) -> list[str]:
+    """``command`` inside bubblewrap, and ``environment`` made to fit it (changed in place): HOME and TMPDIR in its
+    private /tmp, and no display. A window would need the X or Wayland socket, which lets any client read the
+    screen and the keyboard; pygame, matplotlib and Qt are pointed at their headless drivers instead, so that a
+    generated game still runs (and can be judged by "ran without crashing")."""
+    for name in _DISPLAY_VARIABLES:
+        environment.pop(name, None)
+    environment.update(_HEADLESS, HOME=HOME_INSIDE, TMPDIR="/tmp")
+    if "XDG_CONFIG_HOME" in environment:
+        environment["XDG_CONFIG_HOME"] = HOME_INSIDE
+    arguments = wrap(bwrap, command, project=project, hidden=folders_to_hide(), read_only_project=read_only,
+                     writable=writable or [], workdir=workdir)  # fmt: skip
+    return arguments
+
+
+_DISPLAY_VARIABLES = ("DISPLAY", "WAYLAND_DISPLAY", "XDG_RUNTIME_DIR", "XAUTHORITY")
+_HEADLESS = {"SDL_VIDEODRIVER": "dummy", "SDL_AUDIODRIVER": "dummy", "MPLBACKEND": "Agg", "QT_QPA_PLATFORM": "offscreen"}
+
+
 def _child_environment(home: Path, run_id: str, extra: dict[str, str] | None) -> dict[str, str]:
     environment = {
         "PATH": os.environ.get("PATH", os.defpath),
@@ -439,7 +506,7 @@ def _child_environment(home: Path, run_id: str, extra: dict[str, str] | None) ->
         environment.update({"USERPROFILE": str(home), "TEMP": str(home), "TMP": str(home)})
     elif "DISPLAY" in os.environ or "WAYLAND_DISPLAY" in os.environ:
         # So that a generated GUI (tkinter, pygame) can open its window and be judged "ran without crashing".
-        for name in ("DISPLAY", "WAYLAND_DISPLAY", "XDG_RUNTIME_DIR", "XAUTHORITY"):
+        for name in _DISPLAY_VARIABLES:
             if name in os.environ:
                 environment[name] = os.environ[name]
     for name, value in (extra or {}).items():
@@ -467,22 +534,6 @@ program = args[split + 1:]
 for item in args[:split]:
     name, value = item.split("=", 1)
     value = int(value)
-    if name == "NPROC_EXTRA":
-        uid = os.getuid()
-        if uid == 0:
-            continue
-        tasks = 0
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            try:
-                with open("/proc/" + pid + "/status") as status:
-                    fields = dict(line.split(":", 1) for line in status if ":" in line)
-            except OSError:
-                continue
-            if int(fields.get("Uid", "-1").split()[0]) == uid:
-                tasks += int(fields.get("Threads", "1").strip() or 1)
-        name, value = "NPROC", tasks + value
     limit = getattr(resource, "RLIMIT_" + name, None)
     if limit is None:
         continue
@@ -499,7 +550,7 @@ os.execvp(program[0], program)
 """
 
 
-def _limit_arguments(limits: ResourceLimits, timeout_s: float) -> list[str]:
+def _limit_arguments(limits: ResourceLimits, timeout_s: float, bwrap: Bubblewrap | None) -> list[str]:
     arguments: list[str] = []
     if limits.address_space_bytes is not None:
         arguments.append(f"AS={int(limits.address_space_bytes)}")
@@ -509,9 +560,43 @@ def _limit_arguments(limits: ResourceLimits, timeout_s: float) -> list[str]:
     arguments.append(f"CPU={int(cpu)}")  # soft limit: SIGXCPU; the hard limit one second later: SIGKILL
     if not limits.core_dumps:
         arguments.append("CORE=0")
-    if limits.max_new_processes is not None and _IS_LINUX:
-        arguments.append(f"NPROC_EXTRA={int(limits.max_new_processes)}")
+    if limits.max_new_processes is not None and _IS_LINUX and os.getuid() != 0:  # the kernel exempts root
+        arguments.append(f"NPROC={_process_limit(limits.max_new_processes, bwrap)}")
     return arguments
+
+
+def _process_limit(new_processes: int, bwrap: Bubblewrap | None) -> int:
+    """RLIMIT_NPROC for a run that may start ``new_processes``. The kernel compares it with the number of tasks of
+    the user, not of the run. Inside a user namespace of its own (bwrap without setuid, Linux 5.14+) that number
+    counts only the namespace's tasks (bwrap's init and the program); everywhere else it is every task of the user
+    on the machine, counted here, just before the start."""
+    if bwrap is not None and bwrap.own_user_namespace and _kernel_at_least(5, 14):
+        return new_processes + 2
+    return _user_task_count() + new_processes
+
+
+def _user_task_count() -> int:
+    uid = os.getuid()
+    tasks = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/status", encoding="ascii", errors="replace") as status:
+                fields = dict(line.split(":", 1) for line in status if ":" in line)
+        except OSError:
+            continue
+        try:
+            if int(fields.get("Uid", "-1").split()[0]) == uid:
+                tasks += int(fields.get("Threads", "1").strip() or 1)
+        except ValueError:
+            continue
+    return tasks
+
+
+def _kernel_at_least(major: int, minor: int) -> bool:
+    found = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    return found is not None and (int(found[1]), int(found[2])) >= (major, minor)
 
 
 # --- process control -----------------------------------------------------------------------------------------
@@ -572,7 +657,9 @@ def _wait_for_exit(process: subprocess.Popen[bytes], timeout_s: float) -> bool:
             pidfd = None
         if pidfd is not None:
             try:
-                ready, _, _ = select.select([pidfd], [], [], timeout_s)
+                poller = select.poll()  # not select(): a pidfd past 1024 (an app with many open files) is fine
+                poller.register(pidfd, select.POLLIN)
+                ready = poller.poll(max(0, math.ceil(timeout_s * 1000)))
             finally:
                 os.close(pidfd)
             if not ready:
