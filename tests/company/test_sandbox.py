@@ -417,6 +417,42 @@ def test_process_limit_stops_a_fork_loop(tmp_path: Path) -> None:
     assert int(result.stdout.split()[2]) <= 40
 
 
+def test_the_process_limit_counts_what_the_kernel_counts(monkeypatch: pytest.MonkeyPatch, sandbox_mode: str) -> None:
+    # RLIMIT_NPROC is compared with the user's tasks: all of them on the machine, except in a user namespace of
+    # the sandbox's own on Linux 5.14+, where only the namespace's count.
+    from src.sandbox.bubblewrap import Bubblewrap
+    from src.workflows.company import sandbox
+
+    monkeypatch.setattr(sandbox, "_user_task_count", lambda: 500)
+    unprivileged = Bubblewrap("bwrap", "system", own_user_namespace=True)
+    setuid = Bubblewrap("bwrap", "system", own_user_namespace=False, setuid=True)
+    monkeypatch.setattr(sandbox, "_kernel_at_least", lambda major, minor: True)
+    assert sandbox._process_limit(64, None) == 564
+    assert sandbox._process_limit(64, setuid) == 564
+    assert sandbox._process_limit(64, unprivileged) == 66
+    monkeypatch.setattr(sandbox, "_kernel_at_least", lambda major, minor: False)
+    assert sandbox._process_limit(64, unprivileged) == 564
+
+
+@linux_only
+def test_the_users_tasks_are_counted(sandbox_mode: str) -> None:
+    from src.workflows.company.sandbox import _user_task_count
+
+    started = threading.Event()
+    stop = threading.Event()
+    threads = [threading.Thread(target=lambda: (started.set(), stop.wait())) for _ in range(5)]
+    before = _user_task_count()
+    for thread in threads:
+        thread.start()
+    try:
+        assert _user_task_count() >= before + 5 - 2  # other processes of the user may end meanwhile
+        assert _user_task_count() >= threading.active_count()
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+
+
 @linux_only
 def test_the_program_is_the_first_choice_of_the_oom_killer(tmp_path: Path) -> None:
     result = run_program(make_project(tmp_path / "p", "print(open('/proc/self/oom_score_adj').read())\n"))

@@ -13,18 +13,21 @@ What this does not test yet, because it is not contained yet: what the program i
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from src.db.llm_config_db import LLMConfigDB
+from src.sandbox.bubblewrap import find_bubblewrap
+from src.settings import ENV_SANDBOX, SANDBOX_BUBBLEWRAP, SANDBOX_RLIMITS, reload_settings
 from src.utils.ChatUtils import AIRequestHandlerWithHistory
-from src.workflows.company.runner import CompanyRun
+from src.workflows.company.runner import DISABLED_GIT_NAME, CompanyRun
 from src.workflows.company.sandbox import run_program
 from tests.openai_test_server import OpenAITestServer
 
-MARKERS = ("ruff", "calendar", "resource", "git-filter", "git-hook")
+MARKERS = ("ruff", "calendar", "resource", "git-filter", "git-hook", "git-nested")
 
 
 def marker_module(markers: Path, name: str) -> str:
@@ -34,6 +37,7 @@ def marker_module(markers: Path, name: str) -> str:
 def attack_reply(markers: Path) -> str:
     planter = f"""import os
 import pathlib
+import subprocess
 
 here = pathlib.Path(__file__).resolve().parent
 marker = {str(markers)!r}
@@ -42,6 +46,27 @@ marker = {str(markers)!r}
     "[core]\\n\\thooksPath = hooks\\n"
 )
 (here / ".gitattributes").write_text("* filter=evil\\n")
+# A repository of its own inside the project, configured to run commands: git runs inside it to see its state.
+nested = here / "sub"
+nested.mkdir(exist_ok=True)
+(nested / "data.txt").write_text("one\\n")
+git = ["git", "-c", "user.name=x", "-c", "user.email=x@x", "-C", str(nested)]
+for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "x"],
+             ["config", "core.fsmonitor", "touch " + marker + "/git-nested; true"],
+             ["config", "filter.evil.clean", "touch " + marker + "/git-nested; cat"]):
+    subprocess.run(git + args, check=True)
+(nested / ".gitattributes").write_text("* filter=evil\\n")
+(nested / "data.txt").write_text("two\\n")
+# Hearth's log and events.jsonl, replaced by links to a file of the user's: Hearth's next lines would land there.
+victim = {str(markers.parent / "victim.txt")!r}
+for own in [*here.glob("*.log"), here / "events.jsonl"]:
+    try:
+        own.unlink()
+        os.link(victim, own) if own.suffix == ".log" else own.symlink_to(victim)
+    except OSError:  # in the sandbox the victim is out of sight
+        pass
+# A .bandit file would choose which checks bandit runs on this very project: only one that is always skipped.
+(here / ".bandit").write_text("[bandit]\\ntests: B101\\n")
 for hooks in (here / ".git" / "hooks", here / "hooks"):
     hooks.mkdir(parents=True, exist_ok=True)
     for name in ("pre-commit", "post-commit", "commit-msg"):
@@ -59,15 +84,21 @@ print("planted")
 def hostile_model(tmp_path: Path):  # type: ignore[no-untyped-def]
     markers = tmp_path / "markers"
     markers.mkdir()
+    (tmp_path / "victim.txt").write_text("the user's file\n")
     with OpenAITestServer(reply=attack_reply(markers)) as server:
         db = LLMConfigDB()
         db.set_current_config(db.save_config(provider="openai_compatible", model="test-model", base_url=server.base_url))
         yield AIRequestHandlerWithHistory().model, markers
 
 
+@pytest.mark.parametrize("mode", [SANDBOX_BUBBLEWRAP, SANDBOX_RLIMITS])
 def test_nothing_the_model_wrote_runs_outside_the_sandbox_in_a_git_mode_company_run(
-    hostile_model, tmp_path: Path  # type: ignore[no-untyped-def]
+    hostile_model, tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
 ) -> None:
+    if mode == SANDBOX_BUBBLEWRAP and find_bubblewrap().found is None:
+        pytest.skip(f"bubblewrap cannot start: {find_bubblewrap().reason}")
+    monkeypatch.setenv(ENV_SANDBOX, mode)  # choosing the limits-only mode is the user's consent to it
+    reload_settings()
     model, markers = hostile_model
     run = CompanyRun(
         "a calendar app", "Hostile", model=model, warehouse_root=tmp_path / "WareHouse", run_timeout_s=5.0,
@@ -76,11 +107,25 @@ def test_nothing_the_model_wrote_runs_outside_the_sandbox_in_a_git_mode_company_
     result = run.run()
     project = result.folder
     # The attack was in place: the files were written and the program ran (it planted its git configuration).
-    for name in ("main.py", "ruff.py", "calendar.py", "resource.py", ".gitconfig", ".gitattributes"):
+    for name in ("main.py", "ruff.py", "calendar.py", "resource.py", ".gitconfig", ".gitattributes", ".bandit"):
         assert (project / name).is_file(), name
-    assert result.lint_findings >= 0 and result.security_findings >= 0  # ruff and bandit did check the project
+    assert result.lint_findings >= 0  # ruff did check the project
+    assert result.security_findings > 0  # bandit too, with its own checks: main.py runs subprocesses
     executed = sorted(path.name for path in markers.iterdir())
     assert executed == [], f"executed outside the sandbox: {executed}"
+    # Hearth's own files were never written through the program's links, and are whole in the project.
+    assert (tmp_path / "victim.txt").read_text() == "the user's file\n"
+    logs = list(project.glob("*.log"))
+    assert len(logs) == 1 and not logs[0].is_symlink() and logs[0].stat().st_nlink == 1
+    assert "Hearth agent company: task 'a calendar app'" in logs[0].read_text()
+    assert not (project / "events.jsonl").is_symlink()
+    # No history was recorded from a tree holding it (git would have followed its configuration) ...
+    events = [json.loads(line) for line in (project / "events.jsonl").read_text().splitlines()]
+    assert any(event.get("text", "").startswith("Not committing") for event in events if event["kind"] == "notice")
+    # ... and it is left inert, so that the user's own `git status` in the project runs nothing either.
+    assert (project / "sub" / DISABLED_GIT_NAME / "config").is_file() and not (project / "sub" / ".git").exists()
+    subprocess.run(["git", "status"], cwd=project, capture_output=True, check=True)
+    assert sorted(path.name for path in markers.iterdir()) == []
     # The history is there, in the project, and git still works on it from there.
     log = subprocess.run(["git", "log", "--format=%s"], cwd=project, capture_output=True, text=True, check=True)
     assert "Final Version" in log.stdout.splitlines()

@@ -2,24 +2,34 @@
 
 bubblewrap (the Linux mode) must contain every probe here; the limits-only fallback contains none of them, which is
 what the README says and why the fallback is reported in every run's summary. Each probe is a real program run
-through ``run_program``, the one way Hearth runs generated code; each fails on the code before bubblewrap.
+through ``run_program``, the one way Hearth runs generated code; each fails on the code before bubblewrap, and the
+ones about hiding also fail when a single folder is left out of the hidden list.
+
+Planted secrets and "outside" folders are put where only the rule under test hides them: not under /tmp (which the
+sandbox replaces as a whole) and not under the home folder (hidden as a whole).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
+import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from src.sandbox import bubblewrap
 from src.sandbox.bubblewrap import find_bubblewrap
-from src.settings import ENV_SANDBOX, SANDBOX_BUBBLEWRAP, SANDBOX_RLIMITS, reload_settings
+from src.settings import ENV_SANDBOX, PROJECT_ROOT, SANDBOX_BUBBLEWRAP, SANDBOX_RLIMITS, reload_settings
 from src.workflows.company.sandbox import run_program
 
 pytestmark = [
@@ -39,107 +49,217 @@ def run(project: Path, source: str, **kwargs: object):  # type: ignore[no-untype
 @pytest.fixture(autouse=True)
 def bubblewrap_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ENV_SANDBOX, SANDBOX_BUBBLEWRAP)
-    monkeypatch.setenv("HF_TOKEN", SECRET)  # in Hearth's own environment, as a user's would be
     reload_settings()
 
 
-def test_the_users_home_and_hearths_data_are_hidden(tmp_path: Path, hearth_data_dir: Path) -> None:
-    hearth_data_dir.mkdir(parents=True, exist_ok=True)
-    (hearth_data_dir / "hearth.sqlite3").write_text("the user's chats")
-    home = Path.home()
-    result = run(tmp_path / "p", f"""
+def _under(path: Path, folders: list[Path]) -> bool:
+    return any(path.resolve().is_relative_to(folder.resolve()) for folder in folders)
+
+
+@pytest.fixture
+def outside() -> Iterator[Path]:
+    """A fresh folder that no general rule of the sandbox hides: beside Hearth's install, when that is neither in
+    /tmp nor in the home folder (CI's checkout is; a developer's under ~ is not, and these tests are skipped)."""
+    parent = PROJECT_ROOT.parent
+    if _under(parent, [Path("/tmp"), Path("/var/tmp"), Path.home(), PROJECT_ROOT]) or not os.access(parent, os.W_OK):
+        pytest.skip(f"no writable folder outside /tmp and the home folder to plant files in ({parent})")
+    place = Path(tempfile.mkdtemp(prefix=".hearth-sandbox-probe-", dir=parent))
+    try:
+        yield place
+    finally:
+        shutil.rmtree(place, ignore_errors=True)
+
+
+def test_hearths_data_install_and_other_projects_are_hidden(
+    outside: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, warehouse = outside / "data", outside / "WareHouse"
+    monkeypatch.setenv("HEARTH_DATA_DIR", str(data))
+    monkeypatch.setenv("HEARTH_DB_PATH", str(outside / "db" / "chats.sqlite3"))
+    monkeypatch.setenv("HEARTH_WAREHOUSE_DIR", str(warehouse))
+    monkeypatch.setenv("HEARTH_EVOLUTION_DIR", str(outside / "evolution"))
+    reload_settings()
+    for secret in (data / "keys.txt", outside / "db" / "chats.sqlite3", warehouse / "Other_project" / "notes.txt",
+                   outside / "evolution" / "run1" / "metrics.json"):  # fmt: skip
+        secret.parent.mkdir(parents=True, exist_ok=True)
+        secret.write_text(SECRET)
+    result = run(warehouse / "This_project", f"""
         import json, os
-        home = {str(home)!r}
-        data = {str(hearth_data_dir)!r}
-        print(json.dumps({{
-            "home": sorted(os.listdir(home)) if os.path.isdir(home) else None,
-            "data": sorted(os.listdir(data)) if os.path.isdir(data) else None,
-            "ssh": os.path.exists(os.path.join(home, ".ssh")),
-        }}))
+        seen = {{}}
+        for name in ("data", "db", "WareHouse", "evolution"):
+            folder = os.path.join({str(outside)!r}, name)
+            seen[name] = sorted(os.listdir(folder)) if os.path.isdir(folder) else None
+        seen["install"] = sorted(os.listdir({str(PROJECT_ROOT)!r}))
+        seen["settings.py"] = os.path.exists({str(PROJECT_ROOT / "src" / "settings.py")!r})
+        print(json.dumps(seen))
     """)
     assert result.ok, result.stderr
-    seen = json.loads(result.stdout)
-    assert seen["data"] in (None, [])
-    assert not seen["ssh"]
-    # Only what Python needs to start may show through in the home folder (a venv or pyenv under ~).
-    visible = set(seen["home"] or [])
-    needed = {Path(p).resolve().relative_to(home.resolve()).parts[0] for p in (sys.prefix, sys.base_prefix)
-              if Path(p).resolve().is_relative_to(home.resolve())}  # fmt: skip
-    assert visible <= needed, visible - needed
     assert result.sandbox == SANDBOX_BUBBLEWRAP
+    seen = json.loads(result.stdout)
+    assert seen["data"] in (None, []) and seen["db"] in (None, []) and seen["evolution"] in (None, [])
+    assert seen["WareHouse"] == ["This_project"]  # its own folder, put back; not its siblings
+    assert not seen["settings.py"]
+    # Of Hearth's install only the Python environment may show (a venv inside it), never .env or the source.
+    python_parts = {Path(p).resolve().relative_to(PROJECT_ROOT).parts[0] for p in (sys.prefix, sys.exec_prefix)
+                    if Path(p).resolve().is_relative_to(PROJECT_ROOT)}  # fmt: skip
+    assert set(seen["install"]) <= python_parts, set(seen["install"]) - python_parts
+
+
+def test_the_home_folder_is_hidden_even_when_python_lives_in_it(outside: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A Python installed under the home folder (pyenv, a venv in ~/projects) is put back part by part; neither the
+    # rest of the home folder nor Hearth's data folder inside that Python's tree may come back with it.
+    home = outside / "home"
+    venv_lib = home / "pyenv" / "lib"
+    data = venv_lib / "hearth-data"
+    for secret in (home / ".ssh" / "id_rsa", data / "keys.txt"):
+        secret.parent.mkdir(parents=True)
+        secret.write_text(SECRET)
+    (venv_lib / "module_it_needs.py").write_text("")
+    monkeypatch.setattr(bubblewrap, "_home_folders", lambda: [home])
+    real_parts = bubblewrap._python_parts
+    monkeypatch.setattr(bubblewrap, "_python_parts", lambda: [*real_parts(), venv_lib])
+    monkeypatch.setenv("HEARTH_DATA_DIR", str(data))
+    reload_settings()
+    result = run(outside / "project", f"""
+        import os
+        print(sorted(os.listdir({str(home)!r})), sorted(os.listdir({str(venv_lib)!r})),
+              os.path.exists({str(home / ".ssh" / "id_rsa")!r}), os.listdir({str(data)!r}))
+    """)
+    assert result.ok, result.stderr
+    assert result.stdout.strip() == "['pyenv'] ['hearth-data', 'module_it_needs.py'] False []"
 
 
 def test_no_process_environment_holds_hearths_keys(tmp_path: Path) -> None:
-    result = run(tmp_path / "p", f"""
-        import os
-        found = []
-        for pid in os.listdir("/proc"):
-            try:
-                with open(f"/proc/{{pid}}/environ", "rb") as f:
-                    if {SECRET!r}.encode() in f.read():
-                        found.append(pid)
-            except OSError:
-                pass
-        print("found" if found else "clean", len([p for p in os.listdir("/proc") if p.isdigit()]))
-    """)
+    # A process started with the key in its environment stands for Hearth (whose own /proc/self/environ holds what
+    # it was started with, not what a test sets later).
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env={**os.environ, "HF_TOKEN": SECRET})
+    try:
+        result = run(tmp_path / "p", f"""
+            import os
+            found = []
+            for pid in os.listdir("/proc"):
+                try:
+                    with open(f"/proc/{{pid}}/environ", "rb") as f:
+                        if {SECRET!r}.encode() in f.read():
+                            found.append(pid)
+                except OSError:
+                    pass
+            print("found" if found else "clean", len([p for p in os.listdir("/proc") if p.isdigit()]))
+        """)
+    finally:
+        holder.kill()
+        holder.wait()
     assert result.ok, result.stderr
     verdict, processes = result.stdout.split()
     assert verdict == "clean"
     assert int(processes) <= 3  # its own namespace: bwrap's init, the program (and its launcher's exec)
 
 
-def test_no_network_not_even_the_hosts_loopback(tmp_path: Path) -> None:
+def test_no_network_not_even_the_hosts_loopback_or_its_sockets(tmp_path: Path) -> None:
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
+    abstract = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    abstract_name = f"\0hearth-probe-{uuid.uuid4().hex}"
+    abstract.bind(abstract_name)
+    abstract.listen()
+    run_sockets = [Path(f"/run/user/{os.getuid()}"), Path("/run")]
+    socket_folder = next((folder for folder in run_sockets if folder.is_dir() and os.access(folder, os.W_OK)), None)
+    named_path = None
+    named = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    if socket_folder is not None:  # like the session bus or the keyring's socket
+        named_path = socket_folder / f"hearth-probe-{uuid.uuid4().hex}.sock"
+        named.bind(str(named_path))
+        named.listen()
     accepted: list[object] = []
-    listener.settimeout(5)
+    for server in (listener, abstract, named):
+        server.settimeout(5)
 
-    def accept() -> None:
+    def accept(server: socket.socket) -> None:
         try:
-            accepted.append(listener.accept())
+            accepted.append(server.accept())
         except OSError:
             pass
 
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
+    threads = [threading.Thread(target=accept, args=(server,), daemon=True) for server in (listener, abstract, named)]
+    for thread in threads:
+        thread.start()
     try:
         result = run(tmp_path / "p", f"""
             import socket
-            try:
-                socket.create_connection(("127.0.0.1", {port}), timeout=3)
-                print("connected")
-            except OSError as exc:
-                print("refused", type(exc).__name__)
+            verdicts = []
+            for family, address in ((socket.AF_INET, ("127.0.0.1", {port})), (socket.AF_UNIX, {abstract_name!r}),
+                                    (socket.AF_UNIX, {str(named_path) if named_path else "/nonexistent"!r})):
+                try:
+                    with socket.socket(family, socket.SOCK_STREAM) as s:
+                        s.settimeout(3)
+                        s.connect(address)
+                    verdicts.append("connected")
+                except OSError as exc:
+                    verdicts.append("refused")
+            print(" ".join(verdicts))
         """)
     finally:
-        listener.close()
-        thread.join(6)
+        for server in (listener, abstract, named):
+            server.close()
+        for thread in threads:
+            thread.join(6)
+        if named_path is not None:
+            named_path.unlink(missing_ok=True)
     assert result.ok, result.stderr
-    assert result.stdout.startswith("refused") and not accepted
+    assert result.stdout.split() == ["refused", "refused", "refused"] and not accepted
 
 
-def test_writes_stay_in_the_project_folder(tmp_path: Path) -> None:
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    venv_site = Path(sys.prefix) / "hearth-sandbox-probe.pth"
-    result = run(tmp_path / "p", f"""
-        import os
-        verdicts = []
-        for target in ({str(outside / "planted.txt")!r}, {str(venv_site)!r}, os.path.expanduser("~/.bashrc-probe"),
-                       "inside.txt"):
-            try:
-                with open(target, "w") as f:
-                    f.write("x")
-                verdicts.append("written")
-            except OSError as exc:
-                verdicts.append(type(exc).__name__)
-        print(" ".join(verdicts))
+def test_writes_stay_in_the_project_folder(tmp_path: Path, outside: Path) -> None:
+    venv_probe = Path(sys.prefix) / "hearth-sandbox-probe.pth"
+    targets = [outside / "planted.txt", venv_probe, Path.home() / ".bashrc-probe", PROJECT_ROOT / "planted.txt",
+               Path("/dev/planted"), Path("/run/planted"), Path("/var/tmp/planted")]  # fmt: skip
+    try:
+        result = run(tmp_path / "p", f"""
+            import os
+            verdicts = []
+            for target in {[str(t) for t in targets]!r} + ["inside.txt"]:
+                try:
+                    with open(target, "w") as f:
+                        f.write("x")
+                    verdicts.append("written")
+                except OSError as exc:
+                    verdicts.append(type(exc).__name__)
+            print(" ".join(verdicts))
+        """)
+        assert result.ok, result.stderr
+        verdicts = result.stdout.split()
+        assert verdicts[-1] == "written" and (tmp_path / "p" / "inside.txt").read_text() == "x"
+        assert "written" not in verdicts[:-1], list(zip(targets, verdicts))
+        assert not any(target.exists() for target in targets[:4])
+    finally:
+        for target in (venv_probe, PROJECT_ROOT / "planted.txt"):  # only if the sandbox failed
+            target.unlink(missing_ok=True)
+
+
+def test_no_new_user_namespace_inside(tmp_path: Path) -> None:
+    found = find_bubblewrap().found
+    if found is None or not found.own_user_namespace:
+        pytest.skip("this bwrap cannot give the sandbox a user namespace of its own")
+    result = run(tmp_path / "p", """
+        import ctypes, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        CLONE_NEWUSER = 0x10000000
+        print("created" if libc.unshare(CLONE_NEWUSER) == 0 else "refused")
     """)
     assert result.ok, result.stderr
-    assert not (outside / "planted.txt").exists()  # /tmp inside is its own
-    assert not venv_site.exists()
-    assert result.stdout.split()[1] in ("OSError", "PermissionError")  # the venv is read-only
-    assert (tmp_path / "p" / "inside.txt").read_text() == "x"
+    assert result.stdout.strip() == "refused"
+
+
+def test_no_display_but_headless_drivers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISPLAY", ":0")
+    monkeypatch.setenv("XAUTHORITY", "/home/someone/.Xauthority")
+    result = run(tmp_path / "p", """
+        import os
+        print(os.environ.get("DISPLAY"), os.environ.get("XAUTHORITY"), os.environ.get("SDL_VIDEODRIVER"),
+              os.environ.get("MPLBACKEND"))
+    """)
+    assert result.ok, result.stderr
+    assert result.stdout.split() == ["None", "None", "dummy", "Agg"]
 
 
 def test_a_child_in_its_own_session_and_environment_dies_with_the_run(tmp_path: Path) -> None:
@@ -175,3 +295,28 @@ def test_the_limits_only_fallback_says_what_it_does_not_contain(tmp_path: Path, 
     result = run(tmp_path / "p", "print('hi')\n")
     assert result.ok and result.sandbox == SANDBOX_RLIMITS
     assert "could read your files and use the network" in sandbox_description(result.sandbox)
+
+
+def test_git_runs_in_the_sandbox_too(tmp_path: Path) -> None:
+    # What the runner keeps git from doing (it never commits a tree holding a repository of the program's, and
+    # disarms such a repository at the end) is also contained if it happens: git itself cannot write the work tree.
+    from src.workflows.company.sandbox import run_git
+
+    work_tree = tmp_path / "project"
+    nested = work_tree / "sub"
+    nested.mkdir(parents=True)
+    (nested / "data.txt").write_text("one\n")
+    git = ["git", "-c", "user.name=x", "-c", "user.email=x@x", "-C", str(nested)]
+    (nested / ".gitattributes").write_text("* filter=evil\n")
+    for args in (["init", "-q"], ["config", "filter.evil.clean", f"touch {work_tree}/pwned; cat"], ["add", "-A"],
+                 ["commit", "-qm", "x"]):  # fmt: skip
+        subprocess.run(git + args, check=True, capture_output=True)
+    (work_tree / "pwned").unlink()  # the filter ran for the program's own commit, in the sandbox
+    (nested / "data.txt").write_text("two\n")
+    repository = tmp_path / "repository"
+    repository.mkdir()
+    for args in (["init", "-q"], ["add", "-A"], ["status"]):
+        done = run_git(args, git_dir=repository, work_tree=work_tree, timeout_s=30)
+        assert done.exit_code == 0, done.stderr
+    assert "sub" in done.stdout  # git did look into the nested repository
+    assert not (work_tree / "pwned").exists()

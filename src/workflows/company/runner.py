@@ -94,6 +94,7 @@ def safe_folder_name(text: str, default: str) -> str:
 
 
 DEFAULT_MAX_TOKENS = 512
+DISABLED_GIT_NAME = ".git-disabled-by-hearth"
 
 
 class CompanyRun:
@@ -162,6 +163,7 @@ class CompanyRun:
         self._git_dir: Path | None = None  # the repository, outside the project while the run lasts
         self.folder: Path | None = None
         self.log_path: Path | None = None
+        self._own_files: dict[str, _OwnFile] = {}  # the log and events.jsonl, by name, while the run lasts
 
     # --- plumbing ------------------------------------------------------------------------------------------
 
@@ -175,7 +177,7 @@ class CompanyRun:
             return
         try:
             # Appended per entry: a crash or a cancel leaves every entry so far complete on disk.
-            _append_own_file(self.log_path, text.rstrip("\n") + "\n\n")
+            self._own_file(self.log_path).append(text.rstrip("\n") + "\n\n")
         except OSError as exc:
             logger.warning("Could not write the company log %s: %s", self.log_path, exc)
 
@@ -184,11 +186,27 @@ class CompanyRun:
         if self.folder is None:
             return
         try:
-            _append_own_file(
-                self.folder / EVENTS_FILE, json.dumps({"t": time.time(), **item}, ensure_ascii=False, default=str) + "\n"
-            )
+            line = json.dumps({"t": time.time(), **item}, ensure_ascii=False, default=str) + "\n"
+            self._own_file(self.folder / EVENTS_FILE).append(line)
         except OSError as exc:
             logger.warning("Could not write the company's events: %s", exc)
+
+    def _own_file(self, path: Path) -> _OwnFile:
+        if path.name not in self._own_files:
+            self._own_files[path.name] = _OwnFile(path)
+        return self._own_files[path.name]
+
+    def _put_back_own_files(self, ctx: PhaseContext | None, *, close: bool = False) -> None:
+        for own in list(self._own_files.values()):
+            try:
+                if own.put_back() and ctx is not None:
+                    ctx.notice("Run", f"The program had replaced {own.path.name}; Hearth's own copy was put back.")
+            except OSError as exc:
+                logger.warning("Could not put back %s: %s", own.path, exc)
+            if close:
+                own.close()
+        if close:
+            self._own_files.clear()
 
     def _emit(self, event: CompanyEvent) -> None:
         self._record(asdict(event))
@@ -289,6 +307,29 @@ class CompanyRun:
         run_git(["config", "--unset", "core.worktree"], git_dir=target, work_tree=self.folder, timeout_s=GIT_TIMEOUT_S,
                 sandbox=self.sandbox)  # fmt: skip
 
+    def _disable_nested_repositories(self, ctx: PhaseContext) -> None:
+        """A repository the program made inside the project carries the program's git configuration (a filter or
+        fsmonitor command), which a plain ``git status`` in the project runs later, on the user's machine and
+        outside any sandbox. Renamed, it is inert (git no longer sees a repository) and nothing is lost."""
+        for relative in nested_repositories(self.folder, limit=1000) if self.folder is not None else []:
+            nested = self.folder / relative / ".git"
+            inert = nested.with_name(DISABLED_GIT_NAME)
+            try:
+                if inert.exists() or inert.is_symlink():
+                    raise FileExistsError(f"{inert} exists")
+                nested.rename(inert)
+            except OSError as exc:  # never leave it working: without the rename, remove it
+                logger.warning("Could not rename %s (%s); removing it", nested, exc)
+                if nested.is_dir() and not nested.is_symlink():
+                    shutil.rmtree(nested, ignore_errors=True)
+                else:
+                    nested.unlink(missing_ok=True)
+            ctx.notice(
+                "Git",
+                f"The program left a git repository in {relative}; its .git was renamed to {DISABLED_GIT_NAME} so that "
+                "git in the project does not follow the program's configuration.",
+            )
+
     # --- files of the run ------------------------------------------------------------------------------------
 
     def _write_own(self, project: ProjectFolder, name: str, content: str | bytes) -> None:
@@ -322,6 +363,12 @@ class CompanyRun:
     # --- the run ---------------------------------------------------------------------------------------------
 
     def run(self) -> CompanyResult:
+        try:
+            return self._run()
+        finally:
+            self._put_back_own_files(None, close=True)
+
+    def _run(self) -> CompanyResult:
         started = time.monotonic()
         folder, stamp = self._make_folder()
         self.folder = folder
@@ -517,6 +564,8 @@ class CompanyRun:
             "Cancelled": str(cancelled),
         }
         self._write_own(project, "meta.txt", self._meta(ctx.env, ctx, quality))
+        self._disable_nested_repositories(ctx)  # nothing of the project runs any more; the user's git will
+        self._put_back_own_files(ctx)  # before the history records them
         if self._git_ok:
             self._commit(ctx, "Final Version")
         self._hand_over_repository(ctx)
@@ -581,15 +630,64 @@ def _unsupported_phases(config: CompanyConfig) -> list[str]:
     return unsupported
 
 
-def _append_own_file(path: Path, text: str) -> None:
-    """Append to one of the run's own files (the log, events.jsonl) in the project folder.
+class _OwnFile:
+    """One of the run's own files in the project folder (the log, events.jsonl), always written through the
+    descriptor that created it.
 
-    The generated program runs in that folder and may have replaced the file with a symbolic link (to ~/.bashrc,
-    say): O_NOFOLLOW makes the append fail (logged by the caller) instead of writing outside the folder.
+    The generated program runs in that folder and may replace the file: by a symbolic link or a hard link to a file
+    of the user's (~/.bashrc), so that Hearth's next line lands there, or by anything else. Writing through the
+    descriptor opened when the run made the file (O_EXCL: nothing was planted yet) never follows a name again, so
+    nothing is ever written outside the folder. ``put_back`` checks that the name still leads to that file and,
+    if the program replaced it, puts Hearth's copy back in its place (the program's version is discarded): nothing
+    of the log is lost either way.
     """
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
-    with os.fdopen(fd, "a", encoding="utf-8") as handle:
-        handle.write(text)
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        self._fd: int | None = os.open(path, flags, 0o644)
+
+    def append(self, text: str) -> None:
+        if self._fd is None:
+            raise OSError(f"{self.path.name} is closed")
+        data = text.encode("utf-8")
+        while data:
+            data = data[os.write(self._fd, data) :]
+
+    def put_back(self) -> bool:
+        """True if the name no longer led to this file and it was put back."""
+        if self._fd is None:
+            return False
+        ours = os.fstat(self._fd)
+        try:
+            now = os.stat(self.path, follow_symlinks=False)
+            if (now.st_dev, now.st_ino) == (ours.st_dev, ours.st_ino) and ours.st_nlink == 1:
+                return False
+        except FileNotFoundError:
+            pass
+        os.lseek(self._fd, 0, os.SEEK_SET)  # reads from the start; O_APPEND writes still go to the end
+        content = b""
+        while len(content) < ours.st_size:
+            chunk = os.read(self._fd, ours.st_size - len(content))
+            if not chunk:
+                break
+            content += chunk
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.hearth-tmp")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(temporary, flags, 0o644)
+        try:
+            os.write(fd, content)
+        finally:
+            os.close(fd)
+        os.replace(temporary, self.path)  # replaces the name (a link, a planted file), never what it points to
+        os.close(self._fd)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        return True
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def _analysis(ctx: PhaseContext, module: str, args: list[str], folder: Path, sandbox: str) -> str | None:
