@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
-import pwd
 import shutil
-import site
 import stat
 import subprocess
 import sys
@@ -40,6 +38,9 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from src.sandbox import paths
+from src.sandbox.paths import outermost
 
 logger = logging.getLogger(__name__)
 
@@ -159,17 +160,17 @@ def wrap(
     private = [Path("/tmp").resolve(), Path("/dev/shm")]  # new and empty: what lies under them is hidden already
     to_hide = [
         path
-        for path in _outermost([*_home_folders(), *hidden, Path("/run"), Path("/var/tmp")], keep_nested=True)
+        for path in outermost([*paths.home_folders(), *hidden, Path("/run"), Path("/var/tmp")], keep_nested=True)
         if not any(path.is_relative_to(fresh) for fresh in private)
     ]
-    covered = _outermost(to_hide)
+    covered = outermost(to_hide)
     for folder in covered:
         # Tiny, and read-only once the binds below have made their mount points in it: not a place to write.
         arguments += ["--size", str(_HIDING_TMPFS_BYTES), "--tmpfs", str(folder)]
     arguments += ["--size", str(_SHM_SIZE_BYTES), "--tmpfs", "/dev/shm"]  # private; multiprocessing needs it
     arguments += ["--size", str(tmp_size_bytes), "--tmpfs", "/tmp", "--dir", HOME_INSIDE]
     bound: list[Path] = []
-    for part in _python_parts():
+    for part in paths.python_parts():
         if any(part.is_relative_to(folder) for folder in [*covered, *private]):
             arguments += ["--ro-bind", str(part), str(part)]
             bound.append(part)
@@ -191,42 +192,5 @@ def wrap(
     return arguments
 
 
-def _home_folders() -> list[Path]:
-    folders = {Path.home()}
-    try:
-        folders.add(Path(pwd.getpwuid(os.getuid()).pw_dir))
-    except KeyError:
-        pass
-    return [folder for folder in folders if folder != Path("/")]
-
-
-def _python_parts() -> list[Path]:
-    """What the interpreter needs to start and import the app's packages: the parts of a venv, of its base
-    installation and of the user's site-packages, never a whole prefix (a Python installed with ``--prefix ~``
-    would otherwise put back the whole home folder)."""
-    prefixes = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix), Path(os.path.realpath(sys.executable)).parent.parent}
-    parts = [prefix / name for prefix in prefixes for name in _PYTHON_PREFIX_PARTS]
-    parts.append(Path(os.path.realpath(sys.executable)).parent)
-    user_site = site.getusersitepackages()
-    if isinstance(user_site, str):
-        parts.append(Path(user_site))
-    existing = {part.resolve() for part in parts if part.exists()}
-    return _outermost(sorted(existing))
-
-
-_PYTHON_PREFIX_PARTS = ("bin", "lib", "lib64", "pyvenv.cfg")
 _HIDING_TMPFS_BYTES = 64 * 1024
 _SHM_SIZE_BYTES = 64 * MiB
-
-
-def _outermost(paths: Sequence[Path], *, keep_nested: bool = False) -> list[Path]:
-    """Existing paths, resolved, shortest first, and (unless ``keep_nested``) without those inside another one of the
-    list: mounting those would be redundant or, mounted in the wrong order, undone."""
-    resolved = sorted({path.resolve() for path in paths if path.exists()}, key=lambda p: (len(p.parts), str(p)))
-    if keep_nested:
-        return resolved
-    kept: list[Path] = []
-    for path in resolved:
-        if not any(path.is_relative_to(outer) for outer in kept):
-            kept.append(path)
-    return kept

@@ -1,6 +1,6 @@
 """Running generated programs: real subprocesses, real signals, real limits. Timeouts are short to keep the suite fast;
 no assertion on time is tighter than "within the timeout + 5 s". Every test runs in each sandbox mode this machine
-has (bubblewrap where it can start, and the limits-only fallback); what only bubblewrap contains is in
+has (bubblewrap where it can start, Landlock where the kernel has it, and the limits-only fallback); what only bubblewrap contains is in
 tests/security/."""
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from src.errors import ProgramStartError, ProjectFileNotFoundError, UnsafePathError
+from src.sandbox import landlock
 from src.sandbox.bubblewrap import find_bubblewrap
-from src.settings import ENV_SANDBOX, SANDBOX_BUBBLEWRAP, SANDBOX_RLIMITS, reload_settings
+from src.settings import ENV_SANDBOX, SANDBOX_BUBBLEWRAP, SANDBOX_LANDLOCK, SANDBOX_RLIMITS, reload_settings
 from src.workflows.company.sandbox import ResourceLimits, RunResult, parse_missing_modules, run_program
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="process groups, signals and rlimits are POSIX")
@@ -25,10 +26,12 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="re
 MiB = 1024 * 1024
 
 
-@pytest.fixture(autouse=True, params=[SANDBOX_BUBBLEWRAP, SANDBOX_RLIMITS])
+@pytest.fixture(autouse=True, params=[SANDBOX_BUBBLEWRAP, SANDBOX_LANDLOCK, SANDBOX_RLIMITS])
 def sandbox_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == SANDBOX_BUBBLEWRAP and find_bubblewrap().found is None:
         pytest.skip(f"bubblewrap cannot start here: {find_bubblewrap().reason}")
+    if request.param == SANDBOX_LANDLOCK and landlock.unavailable_reason() is not None:
+        pytest.skip(f"Landlock cannot run here: {landlock.unavailable_reason()}")
     monkeypatch.setenv(ENV_SANDBOX, request.param)
     reload_settings()
     return str(request.param)

@@ -214,6 +214,23 @@ def test_project_size_limit(tmp_path: Path) -> None:
     assert folder.list_files() == ["a.py", "b.py", "c.py"]
 
 
+def test_only_what_hearth_wrote_counts_against_the_limits(tmp_path: Path) -> None:
+    # The program's own output (a 3 kB log, many files) must not block the next fix of its code (issue 12).
+    folder = ProjectFolder(tmp_path / "p", max_file_bytes=1000, max_project_bytes=2500, max_files=2)
+    (folder.root / "output.log").write_text("x" * 3000)
+    for index in range(3):
+        (folder.root / f"frame{index}.png").write_bytes(b"\x89PNG")
+    folder.write_file("a.py", "a" * 1000)
+    folder.write_file("output.log", "o" * 1000)  # rewritten by Hearth: counted from now on
+    with pytest.raises(ProjectTooLargeError):
+        folder.write_file("b.py", "b" * 1000)
+    with pytest.raises(ProjectTooLargeError):
+        folder.write_file("b.py", "")  # a third file of Hearth's
+    folder.write_file("a.py", "A" * 500)
+    folder.write_file("output.log", "O" * 1000)
+    assert (folder.root / "frame2.png").read_bytes() == b"\x89PNG"
+
+
 def test_project_file_count_limit(tmp_path: Path) -> None:
     folder = ProjectFolder(tmp_path / "p", max_files=2)
     folder.write_file("a.py", "")

@@ -27,15 +27,19 @@ from pathlib import Path
 
 import pytest
 
-from src.sandbox import bubblewrap
+from src.sandbox import landlock, paths
 from src.sandbox.bubblewrap import find_bubblewrap
-from src.settings import ENV_SANDBOX, PROJECT_ROOT, SANDBOX_BUBBLEWRAP, SANDBOX_RLIMITS, reload_settings
+from src.settings import (
+    ENV_SANDBOX,
+    PROJECT_ROOT,
+    SANDBOX_BUBBLEWRAP,
+    SANDBOX_LANDLOCK,
+    SANDBOX_RLIMITS,
+    reload_settings,
+)
 from src.workflows.company.sandbox import run_program
 
-pytestmark = [
-    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the Linux sandbox"),
-    pytest.mark.skipif(find_bubblewrap().found is None, reason=f"bubblewrap cannot start: {find_bubblewrap().reason}"),
-]
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the Linux sandboxes")
 
 SECRET = "hf_secret_the_program_must_not_see"
 
@@ -46,10 +50,22 @@ def run(project: Path, source: str, **kwargs: object):  # type: ignore[no-untype
     return run_program(project, "main.py", timeout_s=10, **kwargs)  # type: ignore[arg-type]
 
 
-@pytest.fixture(autouse=True)
-def bubblewrap_mode(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(ENV_SANDBOX, SANDBOX_BUBBLEWRAP)
+@pytest.fixture(autouse=True, params=[SANDBOX_BUBBLEWRAP, SANDBOX_LANDLOCK])
+def sandbox_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == SANDBOX_BUBBLEWRAP and find_bubblewrap().found is None:
+        pytest.skip(f"bubblewrap cannot start here: {find_bubblewrap().reason}")
+    if request.param == SANDBOX_LANDLOCK and landlock.unavailable_reason() is not None:
+        pytest.skip(f"Landlock cannot run here: {landlock.unavailable_reason()}")
+    monkeypatch.setenv(ENV_SANDBOX, request.param)
     reload_settings()
+    return str(request.param)
+
+
+@pytest.fixture
+def bubblewrap_only(sandbox_mode: str) -> None:
+    """For what only bubblewrap's mounts and namespaces do (the README says so of the Landlock mode)."""
+    if sandbox_mode != SANDBOX_BUBBLEWRAP:
+        pytest.skip("a bubblewrap mechanism")
 
 
 def _under(path: Path, folders: list[Path]) -> bool:
@@ -71,7 +87,7 @@ def outside() -> Iterator[Path]:
 
 
 def test_hearths_data_install_and_other_projects_are_hidden(
-    outside: Path, monkeypatch: pytest.MonkeyPatch
+    outside: Path, monkeypatch: pytest.MonkeyPatch, sandbox_mode: str
 ) -> None:
     data, warehouse = outside / "data", outside / "WareHouse"
     monkeypatch.setenv("HEARTH_DATA_DIR", str(data))
@@ -79,33 +95,49 @@ def test_hearths_data_install_and_other_projects_are_hidden(
     monkeypatch.setenv("HEARTH_WAREHOUSE_DIR", str(warehouse))
     monkeypatch.setenv("HEARTH_EVOLUTION_DIR", str(outside / "evolution"))
     reload_settings()
-    for secret in (data / "keys.txt", outside / "db" / "chats.sqlite3", warehouse / "Other_project" / "notes.txt",
-                   outside / "evolution" / "run1" / "metrics.json"):  # fmt: skip
+    secrets = [str(path) for path in (data / "keys.txt", outside / "db" / "chats.sqlite3",
+               warehouse / "Other_project" / "notes.txt", outside / "evolution" / "run1" / "metrics.json")]  # fmt: skip
+    for secret in map(Path, secrets):
         secret.parent.mkdir(parents=True, exist_ok=True)
         secret.write_text(SECRET)
     result = run(warehouse / "This_project", f"""
         import json, os
-        seen = {{}}
-        for name in ("data", "db", "WareHouse", "evolution"):
-            folder = os.path.join({str(outside)!r}, name)
-            seen[name] = sorted(os.listdir(folder)) if os.path.isdir(folder) else None
-        seen["install"] = sorted(os.listdir({str(PROJECT_ROOT)!r}))
-        seen["settings.py"] = os.path.exists({str(PROJECT_ROOT / "src" / "settings.py")!r})
+        def listing(folder):
+            try:
+                return sorted(os.listdir(folder)) if os.path.isdir(folder) else None
+            except PermissionError:
+                return "denied"
+
+        def readable(path):
+            try:
+                with open(path, "rb"):
+                    return True
+            except OSError:
+                return False
+
+        seen = {{name: listing(os.path.join({str(outside)!r}, name)) for name in ("data", "db", "WareHouse", "evolution")}}
+        seen["install"] = listing({str(PROJECT_ROOT)!r})
+        seen["settings.py"] = readable({str(PROJECT_ROOT / "src" / "settings.py")!r})
+        seen["secrets"] = [readable(path) for path in {secrets!r}]
         print(json.dumps(seen))
     """)
     assert result.ok, result.stderr
-    assert result.sandbox == SANDBOX_BUBBLEWRAP
+    assert result.sandbox == sandbox_mode
     seen = json.loads(result.stdout)
-    assert seen["data"] in (None, []) and seen["db"] in (None, []) and seen["evolution"] in (None, [])
-    assert seen["WareHouse"] == ["This_project"]  # its own folder, put back; not its siblings
+    assert seen["secrets"] == [False] * 4
+    hidden = (None, [], "denied")  # bubblewrap shows an empty folder or none; Landlock refuses to open it
+    assert seen["data"] in hidden and seen["db"] in hidden and seen["evolution"] in hidden
+    assert seen["WareHouse"] in (["This_project"], "denied")  # its own folder, put back; not its siblings
     assert not seen["settings.py"]
     # Of Hearth's install only the Python environment may show (a venv inside it), never .env or the source.
     python_parts = {Path(p).resolve().relative_to(PROJECT_ROOT).parts[0] for p in (sys.prefix, sys.exec_prefix)
                     if Path(p).resolve().is_relative_to(PROJECT_ROOT)}  # fmt: skip
-    assert set(seen["install"]) <= python_parts, set(seen["install"]) - python_parts
+    assert seen["install"] == "denied" or set(seen["install"]) <= python_parts, seen["install"]
 
 
-def test_the_home_folder_is_hidden_even_when_python_lives_in_it(outside: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_home_folder_is_hidden_even_when_python_lives_in_it(
+    outside: Path, monkeypatch: pytest.MonkeyPatch, bubblewrap_only: None
+) -> None:
     # A Python installed under the home folder (pyenv, a venv in ~/projects) is put back part by part; neither the
     # rest of the home folder nor Hearth's data folder inside that Python's tree may come back with it.
     home = outside / "home"
@@ -115,9 +147,9 @@ def test_the_home_folder_is_hidden_even_when_python_lives_in_it(outside: Path, m
         secret.parent.mkdir(parents=True)
         secret.write_text(SECRET)
     (venv_lib / "module_it_needs.py").write_text("")
-    monkeypatch.setattr(bubblewrap, "_home_folders", lambda: [home])
-    real_parts = bubblewrap._python_parts
-    monkeypatch.setattr(bubblewrap, "_python_parts", lambda: [*real_parts(), venv_lib])
+    monkeypatch.setattr(paths, "home_folders", lambda: [home])
+    real_parts = paths.python_parts
+    monkeypatch.setattr(paths, "python_parts", lambda: [*real_parts(), venv_lib])
     monkeypatch.setenv("HEARTH_DATA_DIR", str(data))
     reload_settings()
     result = run(outside / "project", f"""
@@ -129,7 +161,7 @@ def test_the_home_folder_is_hidden_even_when_python_lives_in_it(outside: Path, m
     assert result.stdout.strip() == "['pyenv'] ['hearth-data', 'module_it_needs.py'] False []"
 
 
-def test_no_process_environment_holds_hearths_keys(tmp_path: Path) -> None:
+def test_no_process_environment_holds_hearths_keys(tmp_path: Path, sandbox_mode: str) -> None:
     # A process started with the key in its environment stands for Hearth (whose own /proc/self/environ holds what
     # it was started with, not what a test sets later).
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env={**os.environ, "HF_TOKEN": SECRET})
@@ -152,7 +184,8 @@ def test_no_process_environment_holds_hearths_keys(tmp_path: Path) -> None:
     assert result.ok, result.stderr
     verdict, processes = result.stdout.split()
     assert verdict == "clean"
-    assert int(processes) <= 3  # its own namespace: bwrap's init, the program (and its launcher's exec)
+    if sandbox_mode == SANDBOX_BUBBLEWRAP:
+        assert int(processes) <= 3  # its own namespace: bwrap's init, the program (and its launcher's exec)
 
 
 def test_no_network_not_even_the_hosts_loopback_or_its_sockets(tmp_path: Path) -> None:
@@ -212,7 +245,8 @@ def test_no_network_not_even_the_hosts_loopback_or_its_sockets(tmp_path: Path) -
 def test_writes_stay_in_the_project_folder(tmp_path: Path, outside: Path) -> None:
     venv_probe = Path(sys.prefix) / "hearth-sandbox-probe.pth"
     targets = [outside / "planted.txt", venv_probe, Path.home() / ".bashrc-probe", PROJECT_ROOT / "planted.txt",
-               Path("/dev/planted"), Path("/run/planted"), Path("/var/tmp/planted")]  # fmt: skip
+               Path("/dev/planted"), Path("/run/planted"), Path("/var/tmp/planted"), Path("/dev/shm/planted"),
+               tmp_path / "planted.txt"]  # fmt: skip
     try:
         result = run(tmp_path / "p", f"""
             import os
@@ -229,14 +263,16 @@ def test_writes_stay_in_the_project_folder(tmp_path: Path, outside: Path) -> Non
         assert result.ok, result.stderr
         verdicts = result.stdout.split()
         assert verdicts[-1] == "written" and (tmp_path / "p" / "inside.txt").read_text() == "x"
-        assert "written" not in verdicts[:-1], list(zip(targets, verdicts))
-        assert not any(target.exists() for target in targets[:4])
+        # bubblewrap gives the program a /tmp and a /dev/shm of its own (the last two targets may be written there);
+        # nothing may reach the real ones.
+        assert "written" not in verdicts[:-3], list(zip(targets, verdicts))
+        assert not any(target.exists() for target in [*targets[:4], *targets[-2:]])
     finally:
-        for target in (venv_probe, PROJECT_ROOT / "planted.txt"):  # only if the sandbox failed
+        for target in (venv_probe, PROJECT_ROOT / "planted.txt", Path("/dev/shm/planted")):  # if the sandbox failed
             target.unlink(missing_ok=True)
 
 
-def test_no_new_user_namespace_inside(tmp_path: Path) -> None:
+def test_no_new_user_namespace_inside(tmp_path: Path, bubblewrap_only: None) -> None:
     found = find_bubblewrap().found
     if found is None or not found.own_user_namespace:
         pytest.skip("this bwrap cannot give the sandbox a user namespace of its own")
@@ -264,16 +300,17 @@ def test_no_display_but_headless_drivers(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_a_child_in_its_own_session_and_environment_dies_with_the_run(tmp_path: Path) -> None:
     project = tmp_path / "p"
-    result = run(project, """
+    token = uuid.uuid4().hex  # this test's own sleeper, not another run's
+    result = run(project, f"""
         import subprocess, sys
-        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True, env={},
-                         cwd="/")
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600); {token!r}"], start_new_session=True,
+                         env={{}}, cwd="/")
         print("started")
     """)
     assert result.ok, result.stderr
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        survivors = [pid for pid in os.listdir("/proc") if pid.isdigit() and _cmdline(pid) == "time.sleep(600)"]
+        survivors = [pid for pid in os.listdir("/proc") if pid.isdigit() and token in _cmdline(pid)]
         if not survivors:
             break
         time.sleep(0.05)
@@ -282,7 +319,7 @@ def test_a_child_in_its_own_session_and_environment_dies_with_the_run(tmp_path: 
 
 def _cmdline(pid: str) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[-2].decode(errors="replace").split("; ")[-1]
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     except (OSError, IndexError):
         return ""
 
@@ -297,7 +334,7 @@ def test_the_limits_only_fallback_says_what_it_does_not_contain(tmp_path: Path, 
     assert "could read your files and use the network" in sandbox_description(result.sandbox)
 
 
-def test_git_runs_in_the_sandbox_too(tmp_path: Path) -> None:
+def test_git_runs_in_the_sandbox_too(tmp_path: Path, bubblewrap_only: None) -> None:
     # What the runner keeps git from doing (it never commits a tree holding a repository of the program's, and
     # disarms such a repository at the end) is also contained if it happens: git itself cannot write the work tree.
     from src.workflows.company.sandbox import run_git
@@ -320,3 +357,24 @@ def test_git_runs_in_the_sandbox_too(tmp_path: Path) -> None:
         assert done.exit_code == 0, done.stderr
     assert "sub" in done.stdout  # git did look into the nested repository
     assert not (work_tree / "pwned").exists()
+
+
+def test_other_processes_cannot_be_signalled(tmp_path: Path, sandbox_mode: str) -> None:
+    if sandbox_mode == SANDBOX_LANDLOCK and landlock.landlock_abi() < 6:
+        pytest.skip("Landlock scopes signals from ABI 6 on (the README says so)")
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        result = run(tmp_path / "p", f"""
+            import os, signal
+            try:
+                os.kill({bystander.pid}, signal.SIGKILL)
+                print("killed")
+            except OSError as exc:
+                print(type(exc).__name__)
+        """)
+        assert result.ok, result.stderr
+        assert result.stdout.strip() in ("PermissionError", "ProcessLookupError")
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()

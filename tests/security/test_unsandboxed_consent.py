@@ -1,6 +1,6 @@
 """Where no sandbox can start, generated code never runs silently: a company run is refused until the user agrees
 (``--allow-unsandboxed``, or HEARTH_SANDBOX=rlimits), and a run that was allowed says in its summary what was not
-contained. The machine without bubblewrap is simulated by a fake probe (orchestration only)."""
+contained. The machine without bubblewrap or Landlock is simulated by fake probes (orchestration only)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from src.errors import SandboxUnavailableError, UnsandboxedRunRefusedError
+from src.sandbox import landlock
 from src.sandbox.bubblewrap import BubblewrapProbe
 from src.settings import ENV_SANDBOX, reload_settings
 from src.workflows.company import sandbox
@@ -16,18 +17,21 @@ from src.workflows.company.runner import CompanyRun
 from tests.company.test_runner import PhaseScriptedFakeModel
 
 REASON = "user namespaces are disabled (fake probe)"
+LANDLOCK_REASON = "this kernel has no Landlock (fake probe)"
 
 
 @pytest.fixture(autouse=True)
-def no_bubblewrap(monkeypatch: pytest.MonkeyPatch) -> None:
+def no_sandbox(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sandbox, "find_bubblewrap", lambda: BubblewrapProbe(None, REASON))
+    monkeypatch.setattr(landlock, "unavailable_reason", lambda: LANDLOCK_REASON)
 
 
 def test_a_company_run_is_refused_before_anything_happens(tmp_path: Path) -> None:
     model = PhaseScriptedFakeModel()
     with pytest.raises(UnsandboxedRunRefusedError) as refused:
         CompanyRun("a todo list", "Todo", model=model, warehouse_root=tmp_path / "WareHouse")
-    assert REASON in str(refused.value) and "--allow-unsandboxed" in str(refused.value)
+    assert REASON in str(refused.value) and LANDLOCK_REASON in str(refused.value)
+    assert "--allow-unsandboxed" in str(refused.value)
     assert model.calls == [] and not (tmp_path / "WareHouse").exists()
 
 
@@ -63,3 +67,18 @@ def test_asking_for_bubblewrap_where_it_cannot_start_runs_nothing(tmp_path: Path
     with pytest.raises(SandboxUnavailableError, match="namespaces are disabled"):
         sandbox.run_program(tmp_path, "main.py")
     assert not (tmp_path / "ran").exists()
+
+
+def test_asking_for_landlock_where_the_kernel_has_none_runs_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_SANDBOX, "landlock")
+    reload_settings()
+    (tmp_path / "main.py").write_text("open('ran', 'w').write('x')\n")
+    with pytest.raises(SandboxUnavailableError, match="no Landlock"):
+        sandbox.run_program(tmp_path, "main.py")
+    assert not (tmp_path / "ran").exists()
+
+
+def test_without_bubblewrap_the_automatic_choice_is_landlock(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(landlock, "unavailable_reason", lambda: None)
+    assert sandbox.choose_sandbox("auto") == ("landlock", None)
+    assert sandbox.require_containment() == "landlock"  # contained: no consent needed

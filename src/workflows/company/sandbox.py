@@ -63,8 +63,17 @@ from pathlib import Path
 from typing import IO
 
 from src.errors import ProgramStartError, ProjectFileNotFoundError, SandboxUnavailableError, UnsandboxedRunRefusedError
+from src.sandbox import landlock
 from src.sandbox.bubblewrap import HOME_INSIDE, Bubblewrap, find_bubblewrap, wrap
-from src.settings import PROJECT_ROOT, SANDBOX_AUTO, SANDBOX_BUBBLEWRAP, SANDBOX_RLIMITS, get_settings, parse_sandbox
+from src.settings import (
+    PROJECT_ROOT,
+    SANDBOX_AUTO,
+    SANDBOX_BUBBLEWRAP,
+    SANDBOX_LANDLOCK,
+    SANDBOX_RLIMITS,
+    get_settings,
+    parse_sandbox,
+)
 from src.workflows.company.code_extraction import safe_relative_path
 
 logger = logging.getLogger(__name__)
@@ -185,6 +194,9 @@ def run_program(
         raise ProgramStartError(interpreter, "no such executable")
     limits = limits or ResourceLimits()
     mode, bwrap = choose_sandbox(sandbox)
+    # Outside a PID namespace the launcher stays as the program's parent and subreaper, and ends every descendant
+    # when the program ends or the run is stopped, whatever session or environment they chose.
+    supervised = _IS_LINUX and bwrap is None
     run_id = uuid.uuid4().hex
     home = Path(tempfile.mkdtemp(prefix="hearth-run-home-"))
     child_env = _child_environment(home, run_id, env)
@@ -193,7 +205,13 @@ def run_program(
         # -I: the launcher runs in the project folder, whose resource.py (or os.py) must not stand in for the
         # standard library's and so skip every limit. The program itself keeps its folder on sys.path: its files
         # import each other.
-        command = [interpreter, "-I", "-c", _LAUNCHER, *_limit_arguments(limits, timeout_s, bwrap), "--", *command]
+        options = _limit_arguments(limits, timeout_s, bwrap)
+        if supervised:
+            options.append("SUPERVISE=1")
+        if mode == SANDBOX_LANDLOCK:
+            options += landlock.launcher_arguments(project, home)
+            _go_headless(child_env)
+        command = [interpreter, "-I", "-c", _LAUNCHER, *options, "--", *command]
     if bwrap is not None:
         command = _wrapped(bwrap, command, child_env, project=project)
 
@@ -231,7 +249,7 @@ def run_program(
         finally:
             duration_s = time.monotonic() - started  # how long it ran, not how long cleaning up took
             # Also when it exited by itself: whatever it started in the background must not outlive the run.
-            _kill_tree(process, run_id)
+            _kill_tree(process, run_id, supervised=supervised)
         exit_code = _reap(process)
         if bwrap is not None and exit_code is not None and exit_code > 128:
             exit_code = 128 - exit_code  # bwrap reports a program killed by signal N as 128 + N
@@ -408,17 +426,33 @@ def _prctl() -> Callable[..., int] | None:
 
 
 def choose_sandbox(requested: str | None = None) -> tuple[str, Bubblewrap | None]:
-    """The mode a program runs in: ``requested``, else HEARTH_SANDBOX; "auto" is the strongest this machine has.
-    Returns the mode's name and, for bubblewrap, the ``bwrap`` to use."""
+    """The mode a program runs in: ``requested``, else HEARTH_SANDBOX; "auto" is the strongest this machine has
+    (bubblewrap, else Landlock, else limits only). Returns the mode's name and, for bubblewrap, the ``bwrap`` to
+    use. A mode named explicitly that cannot run here is a :class:`SandboxUnavailableError`."""
     mode = parse_sandbox(requested) if requested is not None else get_settings().sandbox
     if mode == SANDBOX_RLIMITS:
         return mode, None
-    probe = find_bubblewrap()
-    if probe.found is not None:
-        return SANDBOX_BUBBLEWRAP, probe.found
-    if mode == SANDBOX_BUBBLEWRAP:
-        raise SandboxUnavailableError(SANDBOX_BUBBLEWRAP, probe.reason)
+    if mode in (SANDBOX_AUTO, SANDBOX_BUBBLEWRAP):
+        probe = find_bubblewrap()
+        if probe.found is not None:
+            return SANDBOX_BUBBLEWRAP, probe.found
+        if mode == SANDBOX_BUBBLEWRAP:
+            raise SandboxUnavailableError(SANDBOX_BUBBLEWRAP, probe.reason)
+    landlock_missing = landlock.unavailable_reason()
+    if landlock_missing is None:
+        return SANDBOX_LANDLOCK, None
+    if mode == SANDBOX_LANDLOCK:
+        raise SandboxUnavailableError(SANDBOX_LANDLOCK, landlock_missing)
     return SANDBOX_RLIMITS, None
+
+
+def unavailable_modes() -> str:
+    """Why no containing mode runs here (for the refusal and the summary)."""
+    reasons = [f"bubblewrap: {find_bubblewrap().reason}"] if find_bubblewrap().found is None else []
+    landlock_missing = landlock.unavailable_reason()
+    if landlock_missing is not None:
+        reasons.append(f"Landlock: {landlock_missing}")
+    return "; ".join(reasons) or "no sandbox for this operating system yet"
 
 
 def require_containment(allow_unsandboxed: bool = False) -> str:
@@ -427,7 +461,7 @@ def require_containment(allow_unsandboxed: bool = False) -> str:
     Choosing HEARTH_SANDBOX=rlimits is that agreement."""
     mode, _ = choose_sandbox()
     if mode == SANDBOX_RLIMITS and get_settings().sandbox == SANDBOX_AUTO and not allow_unsandboxed:
-        raise UnsandboxedRunRefusedError(find_bubblewrap().reason or "no sandbox for this operating system yet")
+        raise UnsandboxedRunRefusedError(unavailable_modes())
     return mode
 
 
@@ -435,8 +469,15 @@ def sandbox_description(mode: str) -> str:
     """One line for the run summary and meta.txt: what the mode enforced."""
     if mode == SANDBOX_BUBBLEWRAP:
         return (
-            "bubblewrap: read-only file system except the project folder and a private /tmp; home and Hearth's data "
-            "hidden; no network; own PID namespace; limits"
+            "bubblewrap: read-only file system except the project folder and a private /tmp; home, Hearth's data and "
+            "install and the other projects hidden; no network; own PID namespace; limits"
+        )
+    if mode == SANDBOX_LANDLOCK:
+        abi = landlock.landlock_abi()
+        signals = "" if abi >= 6 else "; it could still signal your other programs"
+        return (
+            f"Landlock (ABI {abi}): reads only system folders and Python, writes only the project folder and its own "
+            f"temporary folder; no sockets; other processes out of reach; limits{signals}"
         )
     return "limits only (no operating-system sandbox): the program could read your files and use the network"
 
@@ -471,14 +512,19 @@ def _wrapped(
     private /tmp, and no display. A window would need the X or Wayland socket, which lets any client read the
     screen and the keyboard; pygame, matplotlib and Qt are pointed at their headless drivers instead, so that a
     generated game still runs (and can be judged by "ran without crashing")."""
-    for name in _DISPLAY_VARIABLES:
-        environment.pop(name, None)
-    environment.update(_HEADLESS, HOME=HOME_INSIDE, TMPDIR="/tmp")
+    _go_headless(environment)
+    environment.update(HOME=HOME_INSIDE, TMPDIR="/tmp")
     if "XDG_CONFIG_HOME" in environment:
         environment["XDG_CONFIG_HOME"] = HOME_INSIDE
     arguments = wrap(bwrap, command, project=project, hidden=folders_to_hide(), read_only_project=read_only,
                      writable=writable or [], workdir=workdir)  # fmt: skip
     return arguments
+
+
+def _go_headless(environment: dict[str, str]) -> None:
+    for name in _DISPLAY_VARIABLES:
+        environment.pop(name, None)
+    environment.update(_HEADLESS)
 
 
 _DISPLAY_VARIABLES = ("DISPLAY", "WAYLAND_DISPLAY", "XDG_RUNTIME_DIR", "XAUTHORITY")
@@ -522,7 +568,7 @@ def _child_environment(home: Path, run_id: str, extra: dict[str, str] | None) ->
 # Runs in the child before the program: set the limits, then become the program (same pid, same process group).
 # Kept free of imports beyond the standard library, since it runs under whichever interpreter was asked for.
 _LAUNCHER = r"""
-import os, resource, sys
+import os, resource, signal, sys
 try:  # when memory runs out, the kernel's OOM killer should pick the runaway program, not Hearth
     with open("/proc/self/oom_score_adj", "w") as adj:
         adj.write("1000")
@@ -531,8 +577,15 @@ except OSError:
 args = sys.argv[1:]
 split = args.index("--")
 program = args[split + 1:]
+options = {"READ": [], "WRITE": [], "DEVICE": []}
 for item in args[:split]:
     name, value = item.split("=", 1)
+    if name in options:
+        options[name].append(value)
+        continue
+    if name in ("LANDLOCK_ABI", "SUPERVISE", "NO_SOCKETS"):
+        options[name] = int(value)
+        continue
     value = int(value)
     limit = getattr(resource, "RLIMIT_" + name, None)
     if limit is None:
@@ -546,7 +599,153 @@ for item in args[:split]:
         resource.setrlimit(limit, (soft, hard))
     except (ValueError, OSError) as exc:
         sys.stderr.write("hearth launcher: could not limit %s: %s\n" % (name, exc))
-os.execvp(program[0], program)
+
+
+def landlock(abi):
+    # Linux Landlock (uapi/linux/landlock.h): everything this ABI can restrict is restricted, except what a rule
+    # below allows. Any failure ends the launch: the mode promised containment.
+    import ctypes, struct
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    fs_rights = (1 << 13) - 1 | (1 << 13 if abi >= 2 else 0) | (1 << 14 if abi >= 3 else 0) | (1 << 15 if abi >= 5 else 0)
+    file_rights = fs_rights & (1 | 2 | 4 | 1 << 14 | 1 << 15)  # execute, write, read, truncate, ioctl
+    read_rights = 1 | 4 | 8  # execute, read file, read directory
+    attr = struct.pack("=Q", fs_rights)
+    if abi >= 4:
+        attr += struct.pack("=Q", 3)  # TCP bind and connect: no rule allows any port
+    if abi >= 6:
+        attr += struct.pack("=Q", 3)  # abstract Unix sockets and signals: only within the sandbox
+    buffer = ctypes.create_string_buffer(attr, len(attr))
+    ruleset = libc.syscall(444, buffer, len(attr), 0)
+    if ruleset < 0:
+        raise OSError(ctypes.get_errno(), "landlock_create_ruleset")
+    for kind, rights in (("READ", read_rights), ("WRITE", fs_rights), ("DEVICE", 2 | 4)):
+        for path in options[kind]:
+            try:
+                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except OSError:
+                continue  # nothing there to allow
+            allowed = rights if os.path.isdir(path) else rights & file_rights
+            rule = ctypes.create_string_buffer(struct.pack("=Qi", allowed, fd), 12)
+            result = libc.syscall(445, ruleset, 1, rule, 0)
+            os.close(fd)
+            if result < 0:
+                raise OSError(ctypes.get_errno(), "landlock_add_rule " + path)
+    if os.getuid() == 0:  # root's capabilities (CAP_SYS_PTRACE) would reach past Landlock: none after the exec
+        for capability in range(64):
+            libc.prctl(24, capability, 0, 0, 0)  # PR_CAPBSET_DROP; numbers this kernel lacks just fail
+    if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS: required, and no setuid way out
+        raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS")
+    if libc.syscall(446, ruleset, 0) < 0:
+        raise OSError(ctypes.get_errno(), "landlock_restrict_self")
+    os.close(ruleset)
+
+
+def no_sockets():
+    # seccomp: socket() fails with EPERM, whatever the family (TCP, UDP, Unix: the session bus); anything not
+    # native 64-bit (i386 or x32 system calls, which have their own numbers) fails too.
+    import ctypes, struct
+    machine = os.uname().machine
+    arch, socket_call = {"x86_64": (0xC000003E, 41), "aarch64": (0xC00000B7, 198)}[machine]
+    deny, allow = 0x00050000 | 1, 0x7FFF0000  # SECCOMP_RET_ERRNO | EPERM, SECCOMP_RET_ALLOW
+    program_code = [
+        (0x20, 0, 0, 4),  # load the architecture
+        (0x15, 0, 4, arch),  # not ours: deny
+        (0x20, 0, 0, 0),  # load the system call number
+        (0x35, 2, 0, 0x40000000),  # x32: deny
+        (0x15, 1, 0, socket_call),  # socket(): deny
+        (0x06, 0, 0, allow),
+        (0x06, 0, 0, deny),
+    ]
+    code = b"".join(struct.pack("=HBBI", *instruction) for instruction in program_code)
+    filters = ctypes.create_string_buffer(code, len(code))
+
+    class Program(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
+        raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS")
+    filter_program = Program(len(program_code), ctypes.cast(filters, ctypes.c_void_p))
+    if libc.prctl(22, 2, ctypes.byref(filter_program), 0, 0) != 0:  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+        raise OSError(ctypes.get_errno(), "seccomp")
+
+
+def become_program():
+    try:
+        if options.get("LANDLOCK_ABI"):
+            landlock(options["LANDLOCK_ABI"])
+        if options.get("NO_SOCKETS"):
+            no_sockets()
+        os.execvp(program[0], program)
+    except OSError as exc:
+        sys.stderr.write("hearth launcher: could not start the program contained: %s\n" % exc)
+        os._exit(126)
+
+
+def descendants():
+    children = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open("/proc/%s/stat" % name, "rb") as stat:
+                    ppid = int(stat.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(name))
+    found, queue = [], [os.getpid()]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def end_every_descendant():
+    # The launcher is their subreaper: whatever session or environment they chose, orphans come back to it.
+    for _ in range(100):
+        alive = descendants()
+        if not alive:
+            break
+        for pid in alive:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        while True:
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    break
+            except ChildProcessError:
+                break
+
+
+if not options.get("SUPERVISE"):
+    become_program()
+import ctypes
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+child = os.fork()
+if child == 0:
+    become_program()
+
+
+def stop(signum, frame):  # Hearth stops the run: as if the program had been killed
+    end_every_descendant()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(signum, stop)
+while True:
+    pid, status = os.waitpid(-1, 0)
+    if pid == child:
+        break
+end_every_descendant()
+if os.WIFSIGNALED(status):
+    signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    os.kill(os.getpid(), os.WTERMSIG(status))
+os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1)
 """
 
 
@@ -608,7 +807,7 @@ def _group_options() -> dict[str, object]:
     return {"start_new_session": True}
 
 
-def _kill_tree(process: subprocess.Popen[bytes], run_id: str) -> None:
+def _kill_tree(process: subprocess.Popen[bytes], run_id: str, *, supervised: bool = False) -> None:
     if _IS_WINDOWS:
         try:
             subprocess.run(
@@ -624,6 +823,12 @@ def _kill_tree(process: subprocess.Popen[bytes], run_id: str) -> None:
             process.kill()
         return
     pgid = process.pid  # start_new_session made the child the leader of a group with its own pid
+    if supervised and process.poll() is None:
+        # The supervisor first: it ends the descendants that left the group (SIGKILL to it would orphan them).
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=_KILL_GRACE_S)
     # Twice a short while apart: a process forking at the moment of the first kill may add a member after it.
     for _ in range(2):
         try:

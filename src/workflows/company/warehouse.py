@@ -72,6 +72,9 @@ class ProjectFolder:
         self.max_file_bytes = max_file_bytes
         self.max_project_bytes = max_project_bytes
         self.max_files = max_files
+        # The limits are on what Hearth writes here (the model's files, the run's own): what the program writes when
+        # it runs (a log, a database, its output) is bounded by the sandbox instead, and must not stop the next fix.
+        self._written: set[str] = set()
 
     def __repr__(self) -> str:
         return f"ProjectFolder({str(self.root)!r})"
@@ -105,7 +108,9 @@ class ProjectFolder:
         existing = _regular_file_size(target)
         if target.is_dir():
             raise ProjectWriteError(name, "a folder of that name already exists")
-        total, count = self._usage()
+        total, count = self._written_usage()
+        if name not in self._written:
+            existing = None  # a file the program wrote: not counted so far, counted from now on
         if total - (existing or 0) + len(data) > self.max_project_bytes:
             raise ProjectTooLargeError(
                 name, f"{total - (existing or 0) + len(data):,} bytes > {self.max_project_bytes:,} bytes"
@@ -121,6 +126,7 @@ class ProjectFolder:
                 _write_by_path(target, data)
         except OSError as exc:
             raise ProjectWriteError(name, exc.strerror or str(exc)) from exc
+        self._written.add(name)
         logger.debug("Wrote %s (%d bytes) in %s", name, len(data), self.root)
         return target
 
@@ -174,6 +180,11 @@ class ProjectFolder:
 
     def total_bytes(self) -> int:
         return self._usage()[0]
+
+    def _written_usage(self) -> tuple[int, int]:
+        """Bytes and number of the files written through this object that are still there."""
+        sizes = [size for size in (_regular_file_size(self.root / name) for name in self._written) if size is not None]
+        return sum(sizes), len(sizes)
 
     def _usage(self) -> tuple[int, int]:
         sizes = [size for _, size in self._walk()]
