@@ -251,20 +251,23 @@ def test_forked_children_are_all_killed(tmp_path: Path, main_waits: bool) -> Non
 
 
 @linux_only
-def test_a_child_that_leaves_the_process_group_is_killed_too(tmp_path: Path) -> None:
-    source = """
-        import os, time
+@pytest.mark.parametrize("exits", [False, True], ids=["main-sleeps", "main-exits"])
+def test_a_child_that_leaves_the_process_group_is_killed_too(tmp_path: Path, exits: bool) -> None:
+    source = f"""
+        import os, sys, time
         if os.fork() == 0:
             os.setsid()  # what a daemon does: killpg on the run's group no longer reaches it
             print(os.getpid(), flush=True)
+            os.execve(sys.executable, [sys.executable, "-c", "import time; time.sleep(1000)"], {{}})  # no marker
+        time.sleep(0.3)
+        if not {exits}:
             time.sleep(1000)
-        time.sleep(1000)
     """
     project = make_project(tmp_path / "p", source)
     result = run_program(project, timeout_s=1.5)
     escaped = int(result.stdout.split()[0])
     assert processes_in(project) == []
-    if result.sandbox == SANDBOX_RLIMITS:
+    if result.sandbox != SANDBOX_BUBBLEWRAP:  # its pid means nothing outside bubblewrap's PID namespace
         assert is_gone(escaped)
 
 
@@ -481,3 +484,36 @@ def test_hearth_is_not_dumpable_while_a_program_runs_without_bubblewrap(tmp_path
     else:
         assert False in observed
     assert app_is_dumpable() is True
+
+
+@posix_only
+def test_a_program_that_fills_the_disk_is_stopped(tmp_path: Path) -> None:
+    # Each file stays under the per-file limit; together they pass the run's total (issue 12).
+    source = """
+        import os
+        for index in range(1000):
+            with open(f"chunk{index}.bin", "wb") as f:
+                f.write(os.urandom(1024 * 1024))
+            print(index, flush=True)
+    """
+    project = make_project(tmp_path / "p", source)
+    limits = ResourceLimits(disk_bytes=20 * MiB)
+    result = run_program(project, timeout_s=30, limits=limits)
+    assert result.disk_limit is not None and "20 MiB" in result.summary()
+    assert not result.ok and not result.timed_out
+    written = sum(path.stat().st_size for path in project.glob("chunk*.bin"))
+    assert 20 * MiB < written < 1000 * MiB
+
+
+@posix_only
+def test_a_program_that_makes_endless_files_is_stopped(tmp_path: Path) -> None:
+    source = """
+        import os
+        os.makedirs("many", exist_ok=True)
+        for index in range(100000):
+            open(f"many/{index}", "w").close()
+    """
+    project = make_project(tmp_path / "p", source)
+    result = run_program(project, timeout_s=30, limits=ResourceLimits(new_files=500))
+    assert result.disk_limit is not None and "500 files" in result.summary()
+    assert 500 < len(list((project / "many").iterdir())) < 100000

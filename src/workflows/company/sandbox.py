@@ -107,6 +107,10 @@ class ResourceLimits:
     cpu_seconds: int | None = None  # None: the timeout rounded up, plus 5
     max_new_processes: int | None = 64  # Linux only, on top of the user's current tasks; ignored for root
     core_dumps: bool = False
+    # What one run may add, in total, to its project folder and its own temporary folder (watched while it runs;
+    # it is stopped past either). Per file, file_size_bytes applies as well.
+    disk_bytes: int | None = 256 * MiB
+    new_files: int | None = 10_000
 
 
 @dataclass(frozen=True)
@@ -120,7 +124,8 @@ class RunResult:
     traceback: bool  # stderr shows a Python traceback
     missing_modules: list[str] = field(default_factory=list)  # from "No module named 'x'", in order, no repeats
     pid: int | None = None  # also the process group id on POSIX
-    sandbox: str = SANDBOX_RLIMITS  # the mode that contained it: "bubblewrap" or "rlimits" (limits only)
+    sandbox: str = SANDBOX_RLIMITS  # the mode that contained it: "bubblewrap", "landlock" or "rlimits" (limits only)
+    disk_limit: str | None = None  # what it wrote past, when it was stopped for writing too much
 
     @property
     def crashed(self) -> bool:
@@ -140,7 +145,9 @@ class RunResult:
         return round(self.duration_s, 1) if self.timed_out and not self.crashed else None
 
     def summary(self) -> str:
-        if self.timed_out:
+        if self.disk_limit is not None:
+            text = f"was stopped after {self.duration_s:.1f} s: it wrote {self.disk_limit}"
+        elif self.timed_out:
             if self.crashed:
                 text = f"crashed (traceback) and was stopped at the {self.duration_s:.1f} s timeout"
             else:
@@ -244,10 +251,12 @@ def run_program(
             threads.append(_start_thread(_feed, process.stdin, "stdin", stdin.encode("utf-8")))
 
         timed_out = False
+        watch = _DiskWatch([project, home], limits, stop=lambda: _kill_tree(process, run_id, supervised=supervised))
         try:
             timed_out = not _wait_for_exit(process, timeout_s)
         finally:
             duration_s = time.monotonic() - started  # how long it ran, not how long cleaning up took
+            watch.close()
             # Also when it exited by itself: whatever it started in the background must not outlive the run.
             _kill_tree(process, run_id, supervised=supervised)
         exit_code = _reap(process)
@@ -274,6 +283,7 @@ def run_program(
         missing_modules=parse_missing_modules(stderr_text),
         pid=process.pid,
         sandbox=mode,
+        disk_limit=watch.exceeded,
     )
     logger.info("Run of %s in %s: %s", relative_entry, project, result.summary())
     return result
@@ -874,6 +884,68 @@ def _wait_for_exit(process: subprocess.Popen[bytes], timeout_s: float) -> bool:
     except subprocess.TimeoutExpired:
         return False
     return True
+
+
+class _DiskWatch:
+    """Stops a run that adds more than ``limits.disk_bytes`` or ``limits.new_files`` to ``folders``: RLIMIT_FSIZE
+    bounds each file, not how many there are, and a full disk takes the user's other programs down too. Looked at
+    every ``_DISK_WATCH_INTERVAL_S``, so a program may overshoot by what it writes in that time."""
+
+    def __init__(self, folders: list[Path], limits: ResourceLimits, stop: Callable[[], None]) -> None:
+        self.folders, self.limits, self.stop = folders, limits, stop
+        self.exceeded: str | None = None
+        self._done = threading.Event()
+        self._baseline = self._measure(None, None)
+        self._thread: threading.Thread | None = None
+        if limits.disk_bytes is not None or limits.new_files is not None:
+            self._thread = threading.Thread(target=self._watch, name="hearth-run-disk", daemon=True)
+            self._thread.start()
+
+    def _measure(self, byte_limit: int | None, file_limit: int | None) -> tuple[int, int]:
+        """Bytes (allocated) and files under the folders; stops counting once past a limit."""
+        total = files = 0
+        stack = list(self.folders)
+        while stack:
+            try:
+                entries = list(os.scandir(stack.pop()))
+            except OSError:
+                continue
+            for entry in entries:
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                files += 1
+                total += getattr(info, "st_blocks", 0) * 512 or info.st_size
+                if (byte_limit is not None and total > byte_limit) or (file_limit is not None and files > file_limit):
+                    return total, files
+        return total, files
+
+    def _watch(self) -> None:
+        base_bytes, base_files = self._baseline
+        byte_limit = None if self.limits.disk_bytes is None else base_bytes + self.limits.disk_bytes
+        file_limit = None if self.limits.new_files is None else base_files + self.limits.new_files
+        while not self._done.wait(_DISK_WATCH_INTERVAL_S):
+            total, files = self._measure(byte_limit, file_limit)
+            if byte_limit is not None and total > byte_limit:
+                self.exceeded = f"more than {self.limits.disk_bytes // MiB} MiB to its folders"
+            elif file_limit is not None and files > file_limit:
+                self.exceeded = f"more than {self.limits.new_files:,} files to its folders"
+            else:
+                continue
+            logger.warning("Stopping a generated program: it wrote %s", self.exceeded)
+            self.stop()
+            return
+
+    def close(self) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+_DISK_WATCH_INTERVAL_S = 0.1
 
 
 def _is_gone(pid: int, *, group: bool = False) -> bool:
