@@ -5,8 +5,9 @@
 
 Two workloads: a hello-world ``main.py``, and the Tester's pytest run of a small test file (pytest's own start-up
 dominates it). For each, the median wall time of: a plain ``python main.py`` subprocess (the reference, measured in
-the same run: no limits, no sandbox), ``run_program`` in the limits-only mode, and ``run_program`` in bubblewrap
-(where it can start here). Printed: milliseconds, the ratio to the reference, and the milliseconds added.
+the same run: no limits, no sandbox), and ``run_program`` in each mode that can run here: limits only, Landlock,
+bubblewrap. Each ``run_program`` includes what every mode pays (the launcher, the disk watch, the kill of every
+descendant). Printed: milliseconds, the ratio to the reference, and the milliseconds added.
 Target (issue 12): under 100 ms added per program run.
 """
 
@@ -44,18 +45,23 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
 
+    from src.sandbox import landlock
     from src.sandbox.bubblewrap import find_bubblewrap
-    from src.settings import SANDBOX_BUBBLEWRAP, SANDBOX_RLIMITS
+    from src.settings import SANDBOX_BUBBLEWRAP, SANDBOX_LANDLOCK, SANDBOX_RLIMITS
     from src.workflows.company.phases import _TEST_RUNNER_SOURCE as TEST_RUNNER  # the Tester's own runner file
     from src.workflows.company.phases import TEST_RUNNER_FILE
     from src.workflows.company.sandbox import run_program
 
     modes = [SANDBOX_RLIMITS]
+    if landlock.unavailable_reason() is None:
+        modes.append(SANDBOX_LANDLOCK)
+    else:
+        print(f"Landlock cannot run here ({landlock.unavailable_reason()}); not measured")
     probe = find_bubblewrap()
     if probe.found is not None:
         modes.append(SANDBOX_BUBBLEWRAP)
     else:
-        print(f"bubblewrap cannot start here ({probe.reason}); measuring the limits-only mode alone")
+        print(f"bubblewrap cannot start here ({probe.reason}); not measured")
 
     with tempfile.TemporaryDirectory() as place:
         project = Path(place)

@@ -359,7 +359,15 @@ def _company(args: argparse.Namespace) -> int:
     from src.workflows.company.runner import CompanyRun
     from src.workflows.company.sandbox import require_containment
 
-    require_containment(args.allow_unsandboxed)  # before a model is loaded: a refusal should be instant
+    from src.errors import UnsandboxedRunRefusedError
+
+    try:
+        require_containment(args.allow_unsandboxed)  # before a model is loaded: a refusal should be instant
+    except UnsandboxedRunRefusedError as refused:
+        # At a terminal the user is asked, once for this run; a script (no terminal) gets the refusal.
+        if not (sys.stdin.isatty() and sys.stdout.isatty()) or not _confirm(f"{refused}\nRun it without a sandbox?"):
+            raise
+        args.allow_unsandboxed = True
     handler = AIRequestHandlerWithHistory()
     if args.model:
         handler.refresh_config(model_override=args.model)
@@ -402,3 +410,10 @@ def _company(args: argparse.Namespace) -> int:
         return EXIT_USER_ERROR
     print("\n" + result.summary)
     return EXIT_INTERRUPTED if result.cancelled else 0
+
+
+def _confirm(question: str) -> bool:
+    try:
+        return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+    except EOFError:
+        return False

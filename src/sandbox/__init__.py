@@ -1,6 +1,8 @@
 """Operating-system containment for code that a language model wrote.
 
-``bubblewrap``: the Linux mode (``bwrap``: namespaces and mounts, no root needed). The process control around it
-(timeouts, limits, output, killing every descendant) is ``src/workflows/company/sandbox.py`` for now; both move
-here together with the rest of the layout (issue 14).
+``bubblewrap``: the Linux mode (``bwrap``: namespaces and mounts, no root needed). ``landlock``: the Linux fallback
+where bubblewrap cannot start (the kernel's Landlock, plus a seccomp filter and a supervising launcher). ``paths``:
+what every mode hides or lets Python read. The process control around them (launcher, timeouts, limits, output,
+killing every descendant) is ``src/workflows/company/sandbox.py`` for now; both move here together with the rest
+of the layout (issue 14).
 """

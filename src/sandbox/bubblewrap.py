@@ -5,17 +5,20 @@ What the program finds inside, and why:
 * **The file system read-only**, except its project folder (the one place it can write that outlives the run) and
   a private ``/tmp`` (a tmpfs of at most ``TMP_SIZE_BYTES``, holding its HOME): it cannot change the user's files,
   Hearth's ``.venv`` (a ``.pth`` file there would run at Hearth's next start) or anything else.
-* **Hidden**, an empty tmpfs in their place: the user's home folder and Hearth's data folder (SSH keys, tokens,
-  browser profiles, the chat database), ``/run`` (the session's sockets: D-Bus, the keyring, the display), the
-  host's ``/tmp`` and ``/var/tmp`` (X11 sockets, other programs' files) and ``/dev/shm``. The Python installation
-  that runs it is put back, read-only, where it lies inside those (a venv or pyenv under ``~`` is common).
+* **Hidden**, an empty read-only tmpfs in their place: the user's home folder, Hearth's data folder and database,
+  its install (``.env``), the WareHouse (the project that runs is put back: not its siblings), the evolution runs,
+  ``/run`` (the session's sockets: D-Bus, the keyring, the display) and ``/var/tmp``; ``/tmp`` and ``/dev/shm``
+  are fresh and private. The parts of the Python installation that runs it are put back, read-only, where they lie
+  inside those (a venv or pyenv under ``~``), and a hidden folder inside such a part is hidden again on top.
 * **Its own PID namespace** with a fresh ``/proc``: no other process is visible, Hearth's included, so there is no
   ``/proc/<pid>/environ`` to read keys from; every process it starts dies with the namespace, whatever session or
   environment it gave itself.
 * **No network**: its own network namespace, without even the host's 127.0.0.1 (Hearth's API server, a local
   Ollama, the user's development servers).
 * **Its own session** (``--new-session``: no TIOCSTI keystrokes into the terminal), **no capabilities**
-  (``--cap-drop ALL``, which matters when Hearth runs as root), and it dies with Hearth (``--die-with-parent``).
+  (``--cap-drop ALL``, which matters when Hearth runs as root), **no nested user namespaces** (``--disable-userns``,
+  where bwrap can give it a user namespace of its own: the start of most container escapes), ``/dev`` read-only,
+  and it dies with Hearth (``--die-with-parent``).
 
 Not hidden: the rest of the file system, readable as by any program of the user's (``/etc``, ``/usr``, ``/opt``,
 other mounted disks). No display: a generated GUI cannot open a window (an X or Wayland socket would let it read the

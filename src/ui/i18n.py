@@ -112,6 +112,16 @@ STRINGS: dict[str, dict[str, str]] = {
     "open_folder": {"en": "Open folder", "zh": "打开文件夹"},
     "view_manual": {"en": "View manual", "zh": "查看手册"},
     "no_manual": {"en": "This run wrote no manual.", "zh": "本次运行没有生成手册。"},
+    "unsandboxed_title": {"en": "Run generated code without a sandbox?", "zh": "在没有沙箱的情况下运行生成的代码？"},
+    "unsandboxed_body": {
+        "en": "No sandbox can start on this computer, so the programs this build writes would run with your "
+        "permissions: they could read your files (SSH keys, tokens, documents), change them and use the network. "
+        "Only time, memory, file-size and process limits would apply. Run it anyway?",
+        "zh": "这台电脑上无法启动沙箱，因此本次构建生成的程序将以你的权限运行：它们可以读取你的文件（SSH 密钥、令牌、文档）、"
+        "修改它们并访问网络。只有时间、内存、文件大小和进程数量限制会生效。仍然运行吗？",
+    },
+    "unsandboxed_remember": {"en": "Don't ask again on this computer", "zh": "在这台电脑上不再询问"},
+    "unsandboxed_run": {"en": "Run without a sandbox", "zh": "不使用沙箱运行"},
     "reviewer_hint": {"en": "Your review comments (type end to finish)", "zh": "你的审查意见（输入 end 结束）"},
     "build_usage": {
         "en": "Usage: /build [--config Default|Human|AutoCoder] what to build  (and /replay RUN_FOLDER to replay a run)",

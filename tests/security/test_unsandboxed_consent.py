@@ -4,7 +4,9 @@ contained. The machine without bubblewrap or Landlock is simulated by fake probe
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -82,3 +84,74 @@ def test_without_bubblewrap_the_automatic_choice_is_landlock(monkeypatch: pytest
     monkeypatch.setattr(landlock, "unavailable_reason", lambda: None)
     assert sandbox.choose_sandbox("auto") == ("landlock", None)
     assert sandbox.require_containment() == "landlock"  # contained: no consent needed
+
+
+class _FakePage:
+    """Just enough of a Flet page to see the dialog a build shows and to click its buttons (orchestration only;
+    the dialog's look is Flet's)."""
+
+    def __init__(self) -> None:
+        self.dialogs: list[object] = []
+        self.shown = threading.Event()
+
+    def show_dialog(self, dialog: object) -> None:
+        self.dialogs.append(dialog)
+        self.shown.set()
+
+    def pop_dialog(self) -> None:
+        pass
+
+
+def _gui_build(tmp_path: Path):  # type: ignore[no-untyped-def]
+    from src.ui.workflows.company_view import CompanyBuild
+
+    page = _FakePage()
+    app = SimpleNamespace(page=page, call_ui=lambda fn, *args: fn(*args), handler=SimpleNamespace(model=PhaseScriptedFakeModel()))
+    chat = SimpleNamespace(app=app, tr=lambda key, **values: key)
+    return CompanyBuild(chat, "Default", "print hello"), page  # type: ignore[arg-type]
+
+
+def _answer(page: _FakePage, *, run: bool, remember: bool) -> None:
+    import flet as ft
+
+    assert page.shown.wait(30)
+    dialog = page.dialogs[-1]
+    assert isinstance(dialog, ft.AlertDialog) and dialog.title.value == "unsandboxed_title"
+    checkbox = next(control for control in dialog.content.controls if isinstance(control, ft.Checkbox))
+    checkbox.value = remember
+    cancel, proceed = dialog.actions
+    (proceed if run else cancel).on_click(None)
+
+
+def test_the_gui_asks_first_and_runs_only_after_a_yes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from src.db.database import get_app_setting
+    from src.ui.workflows.company_view import UNSANDBOXED_CONSENT_SETTING
+
+    monkeypatch.setenv("HEARTH_WAREHOUSE_DIR", str(tmp_path / "WareHouse"))
+    reload_settings()
+    build, page = _gui_build(tmp_path)
+    answering = threading.Thread(target=_answer, args=(page,), kwargs={"run": False, "remember": False})
+    answering.start()
+    with pytest.raises(UnsandboxedRunRefusedError):
+        build._build_and_run()
+    answering.join()
+    assert not (tmp_path / "WareHouse").exists()
+
+    build, page = _gui_build(tmp_path)
+    answering = threading.Thread(target=_answer, args=(page,), kwargs={"run": True, "remember": True})
+    answering.start()
+    result = build._build_and_run()
+    answering.join()
+    assert result.ran_ok and "limits only" in result.summary
+    assert get_app_setting(UNSANDBOXED_CONSENT_SETTING) == "yes"
+
+    build, page = _gui_build(tmp_path)  # remembered: no second question
+    assert build._build_and_run().ran_ok and page.dialogs == []
+
+
+def test_stopping_the_build_while_it_asks_is_a_no(tmp_path: Path) -> None:
+    build, page = _gui_build(tmp_path)
+    threading.Timer(0.5, build.cancel).start()
+    with pytest.raises(UnsandboxedRunRefusedError):
+        build._build_and_run()
+    assert len(page.dialogs) == 1

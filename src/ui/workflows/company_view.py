@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import flet as ft
 
+from src.db.database import get_app_setting, set_app_setting
 from src.settings import get_settings
 
 if TYPE_CHECKING:
@@ -93,6 +94,9 @@ def parse_replay_command(text: str) -> str | None:
     return stripped[len(REPLAY_COMMAND) :].strip().strip('"')
 
 
+UNSANDBOXED_CONSENT_SETTING = "company.run_unsandboxed"  # "yes": the user agreed for good (see README)
+
+
 class CompanyBuild:
     """One running (or finished) build inside the chat page."""
 
@@ -138,20 +142,67 @@ class CompanyBuild:
         self.chat.run_workflow(self, self._build_and_run)
 
     def _build_and_run(self) -> Any:
+        from src.errors import UnsandboxedRunRefusedError
         from src.workflows.company.runner import CompanyRun
 
         name = "_".join(self.task.split()[:3]) or "project"
-        run = CompanyRun(
-            self.task,
-            name,
-            config=self.config,
-            model=self.app.handler.model,
-            max_tokens=min(512, get_settings().max_new_tokens),
-            on_event=lambda event: self.app.call_ui(self._show_event, event),
-            cancel=self.cancel_event,
-            human=self._ask_human,
-        )
+
+        def company(allow_unsandboxed: bool) -> CompanyRun:
+            return CompanyRun(
+                self.task,
+                name,
+                config=self.config,
+                model=self.app.handler.model,
+                max_tokens=min(512, get_settings().max_new_tokens),
+                on_event=lambda event: self.app.call_ui(self._show_event, event),
+                cancel=self.cancel_event,
+                human=self._ask_human,
+                allow_unsandboxed=allow_unsandboxed,
+            )
+
+        try:
+            run = company(get_app_setting(UNSANDBOXED_CONSENT_SETTING) == "yes")
+        except UnsandboxedRunRefusedError as refused:
+            # No sandbox starts on this machine: generated code runs only once the user has said yes, here.
+            if not self._ask_consent(refused.reason):
+                raise
+            run = company(True)
         return run.run()
+
+    def _ask_consent(self, reason: str) -> bool:
+        answers: queue.Queue[bool] = queue.Queue()
+        self.app.call_ui(self._show_consent_dialog, reason, answers)
+        while not self.cancel_event.is_set():  # the Stop button, or the app closing, is a no
+            try:
+                return answers.get(timeout=0.2)
+            except queue.Empty:
+                continue
+        return False
+
+    def _show_consent_dialog(self, reason: str, answers: queue.Queue[bool]) -> None:
+        remember = ft.Checkbox(label=self.tr("unsandboxed_remember"), value=False)
+
+        def answer(allowed: bool) -> None:
+            if allowed and remember.value:
+                set_app_setting(UNSANDBOXED_CONSENT_SETTING, "yes")
+            self.app.page.pop_dialog()
+            answers.put(allowed)
+
+        self.app.page.show_dialog(
+            ft.AlertDialog(
+                modal=True,
+                title=ft.Text(self.tr("unsandboxed_title")),
+                content=ft.Column(
+                    [ft.Text(self.tr("unsandboxed_body")), ft.Text(reason, size=12, selectable=True), remember],
+                    tight=True,
+                    width=520,
+                ),
+                actions=[
+                    ft.TextButton(self.tr("cancel"), on_click=lambda e: answer(False)),
+                    ft.FilledButton(self.tr("unsandboxed_run"), on_click=lambda e: answer(True)),
+                ],
+            )
+        )
 
     # --- rendering ---------------------------------------------------------------------------------------------
 

@@ -3,39 +3,38 @@
 What a run gets, and why:
 
 - **Its own process, never the app's**: ``python <entry>`` in a subprocess with ``cwd`` = the project folder.
-- **Its own process group** (``start_new_session=True``): at the timeout, and also when the program exits on its
-  own, the whole group gets SIGKILL, so children it forked (a server, a ``sleep`` in the background) die with it.
-  On Linux, processes that left the group with ``setsid()`` (daemons) are found afterwards by a marker variable in
-  their environment (``HEARTH_RUN_ID``) and killed too. The direct child is always waited for: no zombie of ours.
+- **A sandbox**, the strongest this machine has (``choose_sandbox``; HEARTH_SANDBOX names one): bubblewrap
+  (``src/sandbox/bubblewrap.py``), else Landlock (``src/sandbox/landlock.py``), else limits only, which runs
+  nothing without the user's consent (``require_containment``). The README says what each contains and what not.
+- **Its own process group** (``start_new_session=True``), and every descendant dies at the end of the run, also when
+  the program exits on its own: in bubblewrap with its PID namespace; elsewhere on Linux the launcher stays as the
+  program's parent and *subreaper* (orphans are re-parented to it, whatever session or environment they chose)
+  and kills all of them when the program ends or when Hearth stops the run (SIGTERM to the launcher first).
+  The process group is SIGKILLed afterwards, and processes that still carry the run's marker variable
+  (``HEARTH_RUN_ID``) are hunted in ``/proc`` as a last resort. The direct child is always waited for.
 - **A minimal environment**: PATH, LANG, a throwaway HOME/TMPDIR and Python's I/O settings. Nothing else from the
   app's environment is passed on, so HF_TOKEN, HEARTH_API_KEY, OPENAI_API_KEY and the like never reach it.
-  HOME is a fresh empty folder deleted after the run, not the project folder and not the user's home: ``~`` finds
-  none of the user's dotfiles (SSH keys, tokens), and caches a library drops into ``~/.cache`` neither pollute the
-  project's file list nor survive. PYTHONUSERBASE still points at the user's own site-packages, so that modules the
+  HOME is a fresh empty folder deleted after the run, not the project folder and not the user's home.
+  PYTHONUSERBASE still points at the user's own site-packages (read-only in the sandboxes), so that modules the
   user installed with ``pip install --user`` (pygame, ...) keep working.
 - **Bounded output**: reader threads keep the first ``max_output_bytes`` of stdout and of stderr (the last few KiB
   replace the end of that budget when there is more, so a traceback printed after megabytes of output is still
   seen) and read and discard the rest; memory stays bounded whatever the program prints.
-- **Resource limits on POSIX**, set by a tiny launcher that calls ``setrlimit`` and then ``exec``\\ s the program
-  (rather than ``preexec_fn``, which Python documents as unsafe in a process with threads, as the app is):
-  address space (1 GiB: numpy and torch import fine under it), size of any file it writes (50 MiB: past it a write
-  fails with EFBIG), CPU seconds (timeout + 5, a backstop if the wall-clock kill failed), no core dumps, and the
-  number of processes. RLIMIT_NPROC counts *all* processes and threads of the user, not of the run: on Linux the
-  launcher counts the user's current tasks and allows ``max_new_processes`` more, which stops a fork bomb from
-  this run after that many (the user's other programs are not limited); it is not set elsewhere (the count is not
-  cheap to get), and it does nothing at all for root, whom the kernel exempts.
-
-Not a security boundary: the program can still read any file the user can, and use the network. It protects
-against accidents of junk code (infinite loops, runaway output, fork loops, huge allocations), not against an
-adversary (the operating-system sandbox is the open part of issue 12).
+- **Resource limits on POSIX**, set by a tiny launcher (``python -I``: a project ``resource.py`` cannot stand in for
+  the standard library's) that calls ``setrlimit`` and then becomes the program (rather than ``preexec_fn``, which
+  Python documents as unsafe in a process with threads, as the app is): address space (1 GiB: numpy and torch
+  import fine under it), size of any file it writes (50 MiB), CPU seconds (timeout + 5, a backstop if the
+  wall-clock kill failed), no core dumps, and the number of processes (``_process_limit``: RLIMIT_NPROC counts the
+  user's tasks, not the run's, so Hearth counts them; nothing at all for root, whom the kernel exempts).
+- **Bounded disk** (``_DiskWatch``): what a run adds to its project and temporary folders, in bytes and files.
 
 Everything else that touches a project goes through here too, and executes none of its files: ``run_analyzer``
-(ruff, bandit: isolated Python, started outside the folder) and ``run_git`` (no configuration the program can
-write is ever read).
+(ruff, bandit: isolated Python, started outside the folder; inside bubblewrap too, the project read-only) and
+``run_git`` (no configuration the program can write is ever read; inside bubblewrap too).
 
-Windows: no rlimits and no setsid escape hunting. The program gets CREATE_NEW_PROCESS_GROUP, and is stopped with
+Windows: no rlimits and no subreaper. The program gets CREATE_NEW_PROCESS_GROUP, and is stopped with
 ``taskkill /F /T`` (the whole tree of processes it started, as far as Windows still records their parents); the
-timeout, the output bound and the minimal environment apply as everywhere.
+timeout, the output bound, the disk watch and the minimal environment apply as everywhere.
 
 Missing third-party modules are reported (``RunResult.missing_modules``), never installed.
 """
