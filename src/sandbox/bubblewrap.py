@@ -31,13 +31,13 @@ can start (user namespaces disabled), ``find_bubblewrap`` says why.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
 import stat
 import subprocess
 import sys
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,19 +69,13 @@ class BubblewrapProbe:
     reason: str  # why none works, when found is None
 
 
-_probe: BubblewrapProbe | None = None
-_probe_lock = threading.Lock()
-
-
+@functools.cache  # a probe runs bwrap: once per process (two threads may both probe at first; same answer)
 def find_bubblewrap() -> BubblewrapProbe:
-    """The first ``bwrap`` that can really start a sandbox here (cached for the process)."""
-    global _probe
-    with _probe_lock:
-        if _probe is None:
-            _probe = _find()
-            if _probe.found is None:
-                logger.warning("No bubblewrap sandbox on this machine: %s", _probe.reason)
-        return _probe
+    """The first ``bwrap`` that can really start a sandbox here."""
+    probe = _find()
+    if probe.found is None:
+        logger.warning("No bubblewrap sandbox on this machine: %s", probe.reason)
+    return probe
 
 
 def _find() -> BubblewrapProbe:

@@ -21,10 +21,10 @@ program can still send signals to the user's other processes.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import platform
 import sys
-import threading
 from pathlib import Path
 
 from src.sandbox import paths
@@ -39,18 +39,12 @@ SECCOMP_ARCHITECTURES = ("x86_64", "aarch64")
 SYSTEM_READABLE = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/proc", "/sys")
 DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 
-_abi: int | None = None
-_abi_lock = threading.Lock()
-
-
+@functools.cache
 def landlock_abi() -> int:
-    """The Landlock ABI version this kernel offers (0: none, or not Linux). Cached for the process."""
-    global _abi
-    with _abi_lock:
-        if _abi is None:
-            _abi = _ask_kernel()
-            logger.info("Landlock ABI: %s", _abi or "not available")
-        return _abi
+    """The Landlock ABI version this kernel offers (0: none, or not Linux)."""
+    abi = _ask_kernel()
+    logger.info("Landlock ABI: %s", abi or "not available")
+    return abi
 
 
 def _ask_kernel() -> int:

@@ -16,10 +16,9 @@ from pathlib import Path
 import pytest
 
 from src.errors import ProgramStartError, ProjectFileNotFoundError, UnsafePathError
-from src.sandbox import landlock
-from src.sandbox.bubblewrap import find_bubblewrap
-from src.settings import ENV_SANDBOX, SANDBOX_BUBBLEWRAP, SANDBOX_LANDLOCK, SANDBOX_RLIMITS, reload_settings
+from src.settings import SANDBOX_BUBBLEWRAP, SANDBOX_LANDLOCK, SANDBOX_RLIMITS
 from src.workflows.company.sandbox import ResourceLimits, RunResult, parse_missing_modules, run_program
+from tests.sandbox_modes import use_sandbox_mode
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="process groups, signals and rlimits are POSIX")
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -28,13 +27,7 @@ MiB = 1024 * 1024
 
 @pytest.fixture(autouse=True, params=[SANDBOX_BUBBLEWRAP, SANDBOX_LANDLOCK, SANDBOX_RLIMITS])
 def sandbox_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == SANDBOX_BUBBLEWRAP and find_bubblewrap().found is None:
-        pytest.skip(f"bubblewrap cannot start here: {find_bubblewrap().reason}")
-    if request.param == SANDBOX_LANDLOCK and landlock.unavailable_reason() is not None:
-        pytest.skip(f"Landlock cannot run here: {landlock.unavailable_reason()}")
-    monkeypatch.setenv(ENV_SANDBOX, request.param)
-    reload_settings()
-    return str(request.param)
+    return use_sandbox_mode(request.param, monkeypatch)
 
 
 def processes_in(folder: Path, wait_s: float = 3.0) -> list[int]:

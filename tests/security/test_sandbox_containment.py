@@ -38,6 +38,7 @@ from src.settings import (
     reload_settings,
 )
 from src.workflows.company.sandbox import run_program
+from tests.sandbox_modes import use_sandbox_mode
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the Linux sandboxes")
 
@@ -52,13 +53,7 @@ def run(project: Path, source: str, **kwargs: object):  # type: ignore[no-untype
 
 @pytest.fixture(autouse=True, params=[SANDBOX_BUBBLEWRAP, SANDBOX_LANDLOCK])
 def sandbox_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == SANDBOX_BUBBLEWRAP and find_bubblewrap().found is None:
-        pytest.skip(f"bubblewrap cannot start here: {find_bubblewrap().reason}")
-    if request.param == SANDBOX_LANDLOCK and landlock.unavailable_reason() is not None:
-        pytest.skip(f"Landlock cannot run here: {landlock.unavailable_reason()}")
-    monkeypatch.setenv(ENV_SANDBOX, request.param)
-    reload_settings()
-    return str(request.param)
+    return use_sandbox_mode(request.param, monkeypatch)
 
 
 @pytest.fixture
