@@ -355,11 +355,10 @@ def _company(args: argparse.Namespace) -> int:
         return EXIT_USER_ERROR
     import threading
 
+    from src.errors import UnsandboxedRunRefusedError
     from src.utils.ChatUtils import AIRequestHandlerWithHistory
     from src.workflows.company.runner import CompanyRun
     from src.workflows.company.sandbox import require_containment
-
-    from src.errors import UnsandboxedRunRefusedError
 
     try:
         require_containment(args.allow_unsandboxed)  # before a model is loaded: a refusal should be instant

@@ -8,14 +8,17 @@ Hearth's launcher applies it to the program alone, just before it becomes the pr
   ``/proc``, ``/sys``) and the Python it runs on; read and write only its project folder and its own temporary
   folder (HOME and TMPDIR); a few harmless devices (``/dev/null``, ``/dev/urandom``, ...). Everything else does
   not open: the home folder, Hearth's data and install, the other projects, ``/tmp``, ``/dev/shm``, ``/run``.
-* **Network**: no ``socket()`` at all (a seccomp filter the launcher adds, x86-64 and arm64): no TCP, no UDP, no
-  Unix sockets (the session bus, hence the keyring). Landlock itself also refuses TCP from ABI 4 on.
+* **Network**: a seccomp filter the launcher adds (x86-64 and arm64) refuses ``socket()`` and io_uring (which opens
+  sockets without it): no TCP, no UDP, no Unix sockets (the session bus, hence the keyring). Landlock itself also
+  refuses TCP from ABI 4 on. The same filter refuses memfd and System V IPC (memory past the limits or past the run).
 * **Other processes**: Landlock keeps it from ptrace-ing, and so from reading the memory or ``/proc/<pid>/environ``
-  of, any process outside its domain (Hearth too); from ABI 6 on it cannot signal them either.
+  of, any process outside its domain (Hearth too; root's capabilities are dropped first, or they would reach past
+  it). The filter refuses signals to the supervising launcher, to Hearth and to process groups; from ABI 6 on,
+  Landlock refuses signals to anything outside the domain.
 
-What it does not do, unlike bubblewrap: hide the rest of ``/proc`` (other processes' command lines are readable)
-and give the program a PID namespace (the launcher's subreaper ends its descendants instead); before ABI 6 the
-program can still send signals to the user's other processes.
+What it does not do, unlike bubblewrap: hide the rest of ``/proc`` (other processes' command lines are readable),
+keep it from signalling the user's other programs before ABI 6, and give the program a PID namespace (the
+launcher's subreaper ends its descendants instead).
 """
 
 from __future__ import annotations
@@ -72,7 +75,7 @@ def unavailable_reason() -> str | None:
 
 def launcher_arguments(project: Path, private_tmp: Path) -> list[str]:
     """The launcher's options that restrict the program to the rules in the module docstring."""
-    arguments = [f"LANDLOCK_ABI={landlock_abi()}", "NO_SOCKETS=1"]
+    arguments = [f"LANDLOCK_ABI={landlock_abi()}", "SECCOMP=landlock"]
     arguments += [f"READ={path}" for path in [*SYSTEM_READABLE, *map(str, paths.python_parts())]]
     arguments += [f"WRITE={path}" for path in (project.resolve(), private_tmp.resolve())]
     arguments += [f"DEVICE={path}" for path in DEVICES]

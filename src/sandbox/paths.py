@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pwd
 import site
 import sys
 from pathlib import Path
@@ -15,8 +14,10 @@ def home_folders() -> list[Path]:
     """The user's home folder, as HOME says and as the password database says (they can differ)."""
     folders = {Path.home()}
     try:
+        import pwd  # POSIX only; this module is imported on Windows too
+
         folders.add(Path(pwd.getpwuid(os.getuid()).pw_dir))
-    except KeyError:
+    except (ImportError, KeyError):
         pass
     return [folder for folder in folders if folder != Path("/")]
 

@@ -510,3 +510,27 @@ def test_a_program_that_makes_endless_files_is_stopped(tmp_path: Path) -> None:
     result = run_program(project, timeout_s=30, limits=ResourceLimits(new_files=500))
     assert result.disk_limit is not None and "500 files" in result.summary()
     assert 500 < len(list((project / "many").iterdir())) < 100000
+
+
+@linux_only
+def test_what_the_disk_watch_cannot_see_stops_the_run(tmp_path: Path) -> None:
+    # Past PATH_MAX, a path-based walk fails and would count nothing (found by review): deeper than the watch goes,
+    # the run is stopped rather than let write unseen.
+    source = """
+        import os
+        name = "d" * 250
+        os.makedirs("deep", exist_ok=True)
+        fd = os.open("deep", os.O_RDONLY)
+        for _ in range(120):
+            os.mkdir(name, dir_fd=fd)
+            child = os.open(name, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        print("deep", flush=True)
+        import time
+        time.sleep(20)
+    """
+    project = make_project(tmp_path / "p", source)
+    result = run_program(project, timeout_s=15)
+    assert result.disk_limit is not None and "cannot look into" in result.summary()
+    assert not result.timed_out

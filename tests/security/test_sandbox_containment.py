@@ -373,3 +373,54 @@ def test_other_processes_cannot_be_signalled(tmp_path: Path, sandbox_mode: str) 
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_before_landlock_abi_6_the_supervisor_and_hearth_cannot_be_signalled(
+    tmp_path: Path, sandbox_mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Landlock scopes signals only from ABI 6 (Linux 6.12); Ubuntu 24.04's 6.8 has ABI 4. Killing the supervisor
+    # would orphan a setsid child out of its reach (found by review); the seccomp filter refuses it at any ABI.
+    if sandbox_mode != SANDBOX_LANDLOCK:
+        pytest.skip("the Landlock mode's own protection")
+    monkeypatch.setattr(landlock, "landlock_abi", lambda: 4)
+    token = uuid.uuid4().hex
+    result = run(tmp_path / "p", f"""
+        import os, subprocess, sys
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600); {token!r}"], start_new_session=True,
+                         env={{}}, cwd="/")
+        verdicts = []
+        for target in (os.getppid(), {os.getpid()}, 0, -1):
+            try:
+                os.kill(target, 0)  # 0: only asks whether a signal could be sent (the filter does not look at it)
+                verdicts.append("sent")
+            except OSError as exc:
+                verdicts.append(type(exc).__name__)
+        print(" ".join(verdicts))
+    """)
+    assert result.ok, result.stderr
+    assert result.stdout.split() == ["PermissionError"] * 4
+    deadline = time.monotonic() + 5
+    while any(token in _cmdline(pid) for pid in os.listdir("/proc") if pid.isdigit()):
+        assert time.monotonic() < deadline, "the setsid child outlived the run"
+        time.sleep(0.05)
+
+
+def test_no_io_uring_memfd_or_system_v_memory(tmp_path: Path, sandbox_mode: str) -> None:
+    # io_uring opens sockets without socket() (found by review); memfd and System V segments hold memory past the
+    # address-space limit, System V ones even past the run (bubblewrap's IPC namespace frees those at its end).
+    result = run(tmp_path / "p", """
+        import ctypes, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        verdicts = [libc.syscall(425, 4, ctypes.create_string_buffer(120)) >= 0]  # io_uring_setup
+        try:
+            os.memfd_create("x")
+            verdicts.append(True)
+        except OSError:
+            verdicts.append(False)
+        verdicts.append(libc.shmget(0, 4096, 0o1600) >= 0)  # IPC_PRIVATE, IPC_CREAT | 0600
+        print(" ".join("allowed" if verdict else "refused" for verdict in verdicts))
+    """)
+    assert result.ok, result.stderr
+    expected_shm = "refused" if sandbox_mode == SANDBOX_LANDLOCK else "allowed"
+    assert result.stdout.split() == ["refused", "refused", expected_shm]

@@ -164,6 +164,7 @@ class CompanyRun:
         self.folder: Path | None = None
         self.log_path: Path | None = None
         self._own_files: dict[str, _OwnFile] = {}  # the log and events.jsonl, by name, while the run lasts
+        self._journal: Path | None = None  # where they are kept meanwhile, in the data folder
 
     # --- plumbing ------------------------------------------------------------------------------------------
 
@@ -193,20 +194,32 @@ class CompanyRun:
 
     def _own_file(self, path: Path) -> _OwnFile:
         if path.name not in self._own_files:
-            self._own_files[path.name] = _OwnFile(path)
+            if self._journal is None:
+                journals = get_settings().data_dir / "company-journal"
+                journals.mkdir(parents=True, exist_ok=True, mode=0o700)
+                self._journal = Path(tempfile.mkdtemp(prefix=f"{path.parent.name}-", dir=journals))
+            self._own_files[path.name] = _OwnFile(path, self._journal / path.name)
         return self._own_files[path.name]
 
-    def _put_back_own_files(self, ctx: PhaseContext | None, *, close: bool = False) -> None:
-        for own in list(self._own_files.values()):
+    def _publish_own_files(self, ctx: PhaseContext | None, *, last: bool = False) -> None:
+        """Put the log and events.jsonl into the project (again: ``last`` adds what was written since, and lets the
+        journal go once every file is in place)."""
+        published = True
+        for own in self._own_files.values():
             try:
-                if own.put_back() and ctx is not None:
-                    ctx.notice("Run", f"The program had replaced {own.path.name}; Hearth's own copy was put back.")
+                own.publish()
             except OSError as exc:
-                logger.warning("Could not put back %s: %s", own.path, exc)
-            if close:
+                published = False
+                logger.warning("Could not put %s into the project: %s", own.path, exc)
+                if ctx is not None:
+                    ctx.notice("Run", f"{own.path.name} could not be put into the project ({exc}); it is in {own.journal}.")
+            if last:
                 own.close()
-        if close:
+        if last:
             self._own_files.clear()
+            if published and self._journal is not None:
+                shutil.rmtree(self._journal, ignore_errors=True)
+            self._journal = None
 
     def _emit(self, event: CompanyEvent) -> None:
         self._record(asdict(event))
@@ -366,7 +379,7 @@ class CompanyRun:
         try:
             return self._run()
         finally:
-            self._put_back_own_files(None, close=True)
+            self._publish_own_files(None, last=True)
 
     def _run(self) -> CompanyResult:
         started = time.monotonic()
@@ -565,7 +578,7 @@ class CompanyRun:
         }
         self._write_own(project, "meta.txt", self._meta(ctx.env, ctx, quality))
         self._disable_nested_repositories(ctx)  # nothing of the project runs any more; the user's git will
-        self._put_back_own_files(ctx)  # before the history records them
+        self._publish_own_files(ctx)  # before the history records them
         if self._git_ok:
             self._commit(ctx, "Final Version")
         self._hand_over_repository(ctx)
@@ -631,21 +644,20 @@ def _unsupported_phases(config: CompanyConfig) -> list[str]:
 
 
 class _OwnFile:
-    """One of the run's own files in the project folder (the log, events.jsonl), always written through the
-    descriptor that created it.
+    """One of the run's own files (the log, events.jsonl), kept in Hearth's data folder while the run lasts and
+    published into the project folder (``path``) when nothing of the program runs any more.
 
-    The generated program runs in that folder and may replace the file: by a symbolic link or a hard link to a file
-    of the user's (~/.bashrc), so that Hearth's next line lands there, or by anything else. Writing through the
-    descriptor opened when the run made the file (O_EXCL: nothing was planted yet) never follows a name again, so
-    nothing is ever written outside the folder. ``put_back`` checks that the name still leads to that file and,
-    if the program replaced it, puts Hearth's copy back in its place (the program's version is discarded): nothing
-    of the log is lost either way.
+    The generated program runs in the project folder: a file of Hearth's there could be replaced by a link to a file
+    of the user's (so that Hearth's next line lands in ~/.bashrc) or rewritten (events.jsonl feeds the experience
+    pool, hence later runs' prompts). Outside its reach until the end, the journal is only ever written by Hearth;
+    publishing replaces whatever the program left at ``path`` (a name: never what a link points to) with a file
+    made under a random name. If Hearth stops before the end, the journal stays in the data folder.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-        self._fd: int | None = os.open(path, flags, 0o644)
+    def __init__(self, path: Path, journal: Path) -> None:
+        self.path, self.journal = path, journal
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        self._fd: int | None = os.open(journal, flags, 0o600)
 
     def append(self, text: str) -> None:
         if self._fd is None:
@@ -654,40 +666,26 @@ class _OwnFile:
         while data:
             data = data[os.write(self._fd, data) :]
 
-    def put_back(self) -> bool:
-        """True if the name no longer led to this file and it was put back."""
-        if self._fd is None:
-            return False
-        ours = os.fstat(self._fd)
+    def publish(self) -> None:
+        """Copy the journal to ``path``, replacing what is there."""
+        content = self.journal.read_bytes()
+        fd, temporary = tempfile.mkstemp(prefix=".hearth-", dir=self.path.parent)  # O_EXCL, random: not plantable
         try:
-            now = os.stat(self.path, follow_symlinks=False)
-            if (now.st_dev, now.st_ino) == (ours.st_dev, ours.st_ino) and ours.st_nlink == 1:
-                return False
-        except FileNotFoundError:
-            pass
-        os.lseek(self._fd, 0, os.SEEK_SET)  # reads from the start; O_APPEND writes still go to the end
-        content = b""
-        while len(content) < ours.st_size:
-            chunk = os.read(self._fd, ours.st_size - len(content))
-            if not chunk:
-                break
-            content += chunk
-        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.hearth-tmp")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-        fd = os.open(temporary, flags, 0o644)
-        try:
-            os.write(fd, content)
-        finally:
-            os.close(fd)
-        os.replace(temporary, self.path)  # replaces the name (a link, a planted file), never what it points to
-        os.close(self._fd)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
-        return True
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(content)
+            os.chmod(temporary, 0o644)
+            os.replace(temporary, self.path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def _analysis(ctx: PhaseContext, module: str, args: list[str], folder: Path, sandbox: str) -> str | None:
@@ -702,9 +700,25 @@ def _analysis(ctx: PhaseContext, module: str, args: list[str], folder: Path, san
     return done.stdout
 
 
+def _files_to_analyze(folder: Path) -> list[str]:
+    """The project's Python files, named one by one: regular files only, of a size Hearth would read. Given the
+    folder instead, the analyzers would follow a symbolic link the program left (to ``/dev/zero``, to a file of the
+    user's) or hang on a FIFO named ``x.py``."""
+    project = ProjectFolder(folder)
+    files = [name for name in project.list_files() if name.endswith(".py")][:_MAX_ANALYZED_FILES]
+    sizes = {name: (project.root / name).lstat().st_size for name in files}
+    return [str(project.root / name) for name in files if sizes[name] <= project.max_file_bytes]
+
+
+_MAX_ANALYZED_FILES = 500
+
+
 def _ruff_findings(ctx: PhaseContext, folder: Path, sandbox: str) -> int:
     # --isolated: the project's own rules, not those of a pyproject.toml the WareHouse happens to sit under.
-    out = _analysis(ctx, "ruff", ["check", "--isolated", "--output-format", "json", "--no-cache", "{project}"], folder, sandbox)
+    files = _files_to_analyze(folder)
+    if not files:
+        return 0
+    out = _analysis(ctx, "ruff", ["check", "--isolated", "--output-format", "json", "--no-cache", *files], folder, sandbox)
     if out is None:
         return -1
     try:
@@ -718,8 +732,10 @@ def _bandit_findings(ctx: PhaseContext, folder: Path, sandbox: str) -> int:
     # B101 (assert) is skipped: pytest tests are made of asserts, which are not a security problem there.
     # --ini /dev/null: a .bandit file in the project would otherwise choose bandit's targets, skips and exclusions
     # (the program grading its own report); /dev/null has no [bandit] section, so nothing is taken from it.
-    arguments = ["-r", "-f", "json", "-q", "--ini", os.devnull, "--skip", "B101", "-x", "{project}/.git", "{project}"]
-    out = _analysis(ctx, "bandit", arguments, folder, sandbox)
+    files = _files_to_analyze(folder)
+    if not files:
+        return 0
+    out = _analysis(ctx, "bandit", ["-f", "json", "-q", "--ini", os.devnull, "--skip", "B101", *files], folder, sandbox)
     if out is None:
         return -1
     try:

@@ -45,11 +45,13 @@ import contextlib
 import logging
 import math
 import os
+import platform
 import re
 import select
 import shutil
 import signal
 import site
+import stat
 import subprocess
 import sys
 import tempfile
@@ -85,7 +87,8 @@ DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_MAX_OUTPUT_BYTES = 64 * KiB  # plenty for a model to read back; more would only fill its context
 _TAIL_BYTES = 4 * KiB  # of each stream, kept past the budget: tracebacks come last
 _READ_CHUNK = 64 * KiB
-_KILL_GRACE_S = 3.0  # after SIGKILL: how long to wait for the group to be gone and the pipes to close
+_KILL_GRACE_S = 3.0
+_LAST_SIGNAL = 64  # SIGRTMAX on Linux  # after SIGKILL: how long to wait for the group to be gone and the pipes to close
 
 RUN_ID_VARIABLE = "HEARTH_RUN_ID"
 _IS_WINDOWS = os.name == "nt"
@@ -110,6 +113,7 @@ class ResourceLimits:
     # it is stopped past either). Per file, file_size_bytes applies as well.
     disk_bytes: int | None = 256 * MiB
     new_files: int | None = 10_000
+    open_files: int | None = 512  # with file_size_bytes, bounds what files deleted while open can hold
 
 
 @dataclass(frozen=True)
@@ -217,6 +221,8 @@ def run_program(
         if mode == SANDBOX_LANDLOCK:
             options += landlock.launcher_arguments(project, home)
             _go_headless(child_env)
+        elif bwrap is not None and platform.machine() in landlock.SECCOMP_ARCHITECTURES:
+            options.append("SECCOMP=bubblewrap")  # no io_uring or memfd: see the launcher
         command = [interpreter, "-I", "-c", _LAUNCHER, *options, "--", *command]
     if bwrap is not None:
         command = _wrapped(bwrap, command, child_env, project=project)
@@ -259,8 +265,9 @@ def run_program(
             # Also when it exited by itself: whatever it started in the background must not outlive the run.
             _kill_tree(process, run_id, supervised=supervised)
         exit_code = _reap(process)
-        if bwrap is not None and exit_code is not None and exit_code > 128:
-            exit_code = 128 - exit_code  # bwrap reports a program killed by signal N as 128 + N
+        if bwrap is not None and exit_code is not None and 128 < exit_code <= 128 + _LAST_SIGNAL:
+            # bwrap reports a program killed by signal N as 128 + N; a program's own exit(130) looks the same (rare).
+            exit_code = 128 - exit_code
 
         deadline = time.monotonic() + _KILL_GRACE_S
         for thread in threads:
@@ -483,10 +490,11 @@ def sandbox_description(mode: str) -> str:
         )
     if mode == SANDBOX_LANDLOCK:
         abi = landlock.landlock_abi()
-        signals = "" if abi >= 6 else "; it could still signal your other programs"
+        signals = "" if abi >= 6 else "; it could still signal your other programs (not Hearth)"
         return (
             f"Landlock (ABI {abi}): reads only system folders and Python, writes only the project folder and its own "
-            f"temporary folder; no sockets; other processes out of reach; limits{signals}"
+            f"temporary folder; no sockets, io_uring or shared memory; cannot trace other processes; every "
+            f"descendant ended; limits{signals}"
         )
     return "limits only (no operating-system sandbox): the program could read your files and use the network"
 
@@ -583,6 +591,7 @@ try:  # when memory runs out, the kernel's OOM killer should pick the runaway pr
         adj.write("1000")
 except OSError:
     pass
+protected = [os.getpid(), os.getppid()]  # the supervisor (this process, when it supervises) and Hearth
 args = sys.argv[1:]
 split = args.index("--")
 program = args[split + 1:]
@@ -592,8 +601,11 @@ for item in args[:split]:
     if name in options:
         options[name].append(value)
         continue
-    if name in ("LANDLOCK_ABI", "SUPERVISE", "NO_SOCKETS"):
+    if name in ("LANDLOCK_ABI", "SUPERVISE"):
         options[name] = int(value)
+        continue
+    if name == "SECCOMP":
+        options[name] = value
         continue
     value = int(value)
     limit = getattr(resource, "RLIMIT_" + name, None)
@@ -650,24 +662,52 @@ def landlock(abi):
     os.close(ruleset)
 
 
-def no_sockets():
-    # seccomp: socket() fails with EPERM, whatever the family (TCP, UDP, Unix: the session bus); anything not
-    # native 64-bit (i386 or x32 system calls, which have their own numbers) fails too.
+# System calls by name, for the two architectures the filter knows (asm/unistd_64.h, asm-generic/unistd.h).
+CALLS = {
+    "x86_64": dict(arch=0xC000003E, socket=41, io_uring_setup=425, io_uring_enter=426, io_uring_register=427,
+                   memfd_create=319, shmget=29, semget=64, msgget=68, mq_open=240, pidfd_send_signal=424, kill=62,
+                   tkill=200, tgkill=234, rt_sigqueueinfo=129, rt_tgsigqueueinfo=297, pidfd_open=434),
+    "aarch64": dict(arch=0xC00000B7, socket=198, io_uring_setup=425, io_uring_enter=426, io_uring_register=427,
+                    memfd_create=279, shmget=194, semget=190, msgget=186, mq_open=180, pidfd_send_signal=424,
+                    kill=129, tkill=130, tgkill=131, rt_sigqueueinfo=138, rt_tgsigqueueinfo=240, pidfd_open=434),
+}
+# io_uring does what the denied calls do (it opens sockets) without calling them; memfd and System V memory
+# outlive or escape the address-space limit.
+ALWAYS_DENIED = ["io_uring_setup", "io_uring_enter", "io_uring_register", "memfd_create"]
+# Landlock: no sockets at all (Landlock does not cover UDP or Unix sockets), no System V IPC (it outlives the run),
+# and no signal to the supervisor or to Hearth (Landlock scopes signals from ABI 6 only): kill() to a group or to
+# every process is refused as well.
+LANDLOCK_DENIED = ["socket", "shmget", "semget", "msgget", "mq_open", "pidfd_send_signal"]
+GUARDED = [("kill", True), ("tkill", False), ("tgkill", False), ("rt_sigqueueinfo", False),
+           ("rt_tgsigqueueinfo", False), ("pidfd_open", False)]
+
+
+def seccomp(profile, protected):
+    # A classic BPF program over struct seccomp_data: denied calls fail with EPERM, and so does anything that is
+    # not a native 64-bit call (i386 or x32 numbers mean other calls).
     import ctypes, struct
-    machine = os.uname().machine
-    arch, socket_call = {"x86_64": (0xC000003E, 41), "aarch64": (0xC00000B7, 198)}[machine]
-    deny, allow = 0x00050000 | 1, 0x7FFF0000  # SECCOMP_RET_ERRNO | EPERM, SECCOMP_RET_ALLOW
-    program_code = [
-        (0x20, 0, 0, 4),  # load the architecture
-        (0x15, 0, 4, arch),  # not ours: deny
-        (0x20, 0, 0, 0),  # load the system call number
-        (0x35, 2, 0, 0x40000000),  # x32: deny
-        (0x15, 1, 0, socket_call),  # socket(): deny
-        (0x06, 0, 0, allow),
-        (0x06, 0, 0, deny),
-    ]
-    code = b"".join(struct.pack("=HBBI", *instruction) for instruction in program_code)
-    filters = ctypes.create_string_buffer(code, len(code))
+    calls = CALLS[os.uname().machine]
+    code = [(0x20, 0, 0, 4), (0x15, 0, "deny", calls["arch"]), (0x20, 0, 0, 0), (0x35, "deny", 0, 0x40000000)]
+    denied = ALWAYS_DENIED + (LANDLOCK_DENIED if profile == "landlock" else [])
+    code += [(0x15, "deny", 0, calls[name]) for name in denied]
+    if profile == "landlock":
+        for name, nonpositive in GUARDED:
+            checks = [(0x20, 0, 0, 16)]  # the first argument's low 32 bits: the target pid
+            checks += [(0x15, "deny", 0, pid) for pid in protected]
+            if nonpositive:
+                checks += [(0x45, "deny", 0, 0x80000000), (0x15, "deny", 0, 0)]  # a group, or every process
+            checks.append((0x06, 0, 0, 0x7FFF0000))
+            code.append((0x15, 0, len(checks), calls[name]))
+            code += checks
+    code += [(0x06, 0, 0, 0x7FFF0000), (0x06, 0, 0, 0x00050000 | 1)]  # allow; deny: SECCOMP_RET_ERRNO | EPERM
+    deny_at = len(code) - 1
+    resolved = []
+    for index, (op, jt, jf, k) in enumerate(code):
+        jt = deny_at - index - 1 if jt == "deny" else jt
+        jf = deny_at - index - 1 if jf == "deny" else jf
+        resolved.append(struct.pack("=HBBI", op, jt, jf, k))
+    program = b"".join(resolved)
+    filters = ctypes.create_string_buffer(program, len(program))
 
     class Program(ctypes.Structure):
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
@@ -675,7 +715,7 @@ def no_sockets():
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
         raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS")
-    filter_program = Program(len(program_code), ctypes.cast(filters, ctypes.c_void_p))
+    filter_program = Program(len(resolved), ctypes.cast(filters, ctypes.c_void_p))
     if libc.prctl(22, 2, ctypes.byref(filter_program), 0, 0) != 0:  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
         raise OSError(ctypes.get_errno(), "seccomp")
 
@@ -684,8 +724,8 @@ def become_program():
     try:
         if options.get("LANDLOCK_ABI"):
             landlock(options["LANDLOCK_ABI"])
-        if options.get("NO_SOCKETS"):
-            no_sockets()
+        if options.get("SECCOMP"):
+            seccomp(options["SECCOMP"], protected)
         os.execvp(program[0], program)
     except OSError as exc:
         sys.stderr.write("hearth launcher: could not start the program contained: %s\n" % exc)
@@ -768,6 +808,8 @@ def _limit_arguments(limits: ResourceLimits, timeout_s: float, bwrap: Bubblewrap
     arguments.append(f"CPU={int(cpu)}")  # soft limit: SIGXCPU; the hard limit one second later: SIGKILL
     if not limits.core_dumps:
         arguments.append("CORE=0")
+    if limits.open_files is not None:
+        arguments.append(f"NOFILE={int(limits.open_files)}")
     if limits.max_new_processes is not None and _IS_LINUX and os.getuid() != 0:  # the kernel exempts root
         arguments.append(f"NPROC={_process_limit(limits.max_new_processes, bwrap)}")
     return arguments
@@ -888,55 +930,103 @@ def _wait_for_exit(process: subprocess.Popen[bytes], timeout_s: float) -> bool:
 class _DiskWatch:
     """Stops a run that adds more than ``limits.disk_bytes`` or ``limits.new_files`` to ``folders``: RLIMIT_FSIZE
     bounds each file, not how many there are, and a full disk takes the user's other programs down too. Looked at
-    every ``_DISK_WATCH_INTERVAL_S``, so a program may overshoot by what it writes in that time."""
+    every ``_DISK_WATCH_INTERVAL_S``. Folders it cannot look into (no permission, nested deeper than
+    ``_DISK_WATCH_MAX_DEPTH``) count as over the limit. Space that no folder shows (files deleted while still open)
+    is caught by the backstop: the file system's free space falling below ``_DISK_FLOOR_BYTES`` after more than
+    ``disk_bytes`` of it went since the start."""
 
     def __init__(self, folders: list[Path], limits: ResourceLimits, stop: Callable[[], None]) -> None:
         self.folders, self.limits, self.stop = folders, limits, stop
         self.exceeded: str | None = None
         self._done = threading.Event()
-        self._baseline = self._measure(None, None)
         self._thread: threading.Thread | None = None
-        if limits.disk_bytes is not None or limits.new_files is not None:
-            self._thread = threading.Thread(target=self._watch, name="hearth-run-disk", daemon=True)
-            self._thread.start()
+        if limits.disk_bytes is None and limits.new_files is None:
+            return
+        self._baseline = self._measure(None, None)
+        self._free_at_start = {folder: _free_bytes(folder) for folder in folders}
+        self._thread = threading.Thread(target=self._watch, name="hearth-run-disk", daemon=True)
+        self._thread.start()
 
-    def _measure(self, byte_limit: int | None, file_limit: int | None) -> tuple[int, int]:
-        """Bytes (allocated) and files under the folders; stops counting once past a limit."""
+    def _measure(self, byte_limit: int | None, file_limit: int | None) -> tuple[int, int] | None:
+        """Bytes (allocated) and entries under the folders, counting stopped once past a limit; None if some of it
+        could not be looked into."""
         total = files = 0
-        stack = list(self.folders)
-        while stack:
-            try:
-                entries = list(os.scandir(stack.pop()))
-            except OSError:
+
+        def visit(directory: int | str, depth: int) -> bool:
+            """False: something in ``directory`` cannot be looked into. Descends by directory descriptors where the
+            OS has them, so that no path length limit hides a deep folder."""
+            nonlocal total, files
+            if depth > _DISK_WATCH_MAX_DEPTH:
+                return False
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    try:
+                        info = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:  # deleted meanwhile: the program's temporary files come and go
+                        continue
+                    files += 1
+                    total += getattr(info, "st_blocks", 0) * 512 or info.st_size
+                    if (byte_limit is not None and total > byte_limit) or (file_limit is not None and files > file_limit):
+                        return True
+                    if not stat.S_ISDIR(info.st_mode):
+                        continue
+                    if not _WALK_BY_FD:
+                        if not visit(entry.path, depth + 1):
+                            return False
+                        continue
+                    try:
+                        child = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=directory)
+                    except FileNotFoundError:
+                        continue
+                    try:
+                        if not visit(child, depth + 1):
+                            return False
+                    finally:
+                        os.close(child)
+            return True
+
+        for folder in self.folders:
+            if not folder.is_dir():
                 continue
-            for entry in entries:
-                try:
-                    info = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
-                files += 1
-                total += getattr(info, "st_blocks", 0) * 512 or info.st_size
-                if (byte_limit is not None and total > byte_limit) or (file_limit is not None and files > file_limit):
-                    return total, files
+            top: int | str = str(folder)
+            try:
+                if _WALK_BY_FD:
+                    top = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+                if not visit(top, 0):
+                    return None
+            except (OSError, RecursionError):  # no permission, a symbolic link swapped in, ...
+                return None
+            finally:
+                if isinstance(top, int):
+                    os.close(top)
         return total, files
 
     def _watch(self) -> None:
-        base_bytes, base_files = self._baseline
-        byte_limit = None if self.limits.disk_bytes is None else base_bytes + self.limits.disk_bytes
-        file_limit = None if self.limits.new_files is None else base_files + self.limits.new_files
+        baseline = self._baseline or (0, 0)
+        byte_limit = None if self.limits.disk_bytes is None else baseline[0] + self.limits.disk_bytes
+        file_limit = None if self.limits.new_files is None else baseline[1] + self.limits.new_files
         while not self._done.wait(_DISK_WATCH_INTERVAL_S):
-            total, files = self._measure(byte_limit, file_limit)
-            if byte_limit is not None and total > byte_limit:
-                self.exceeded = f"more than {self.limits.disk_bytes // MiB} MiB to its folders"
-            elif file_limit is not None and files > file_limit:
-                self.exceeded = f"more than {self.limits.new_files:,} files to its folders"
-            else:
-                continue
-            logger.warning("Stopping a generated program: it wrote %s", self.exceeded)
-            self.stop()
-            return
+            self.exceeded = self._over(byte_limit, file_limit)
+            if self.exceeded is not None:
+                logger.warning("Stopping a generated program: it wrote %s", self.exceeded)
+                self.stop()
+                return
+
+    def _over(self, byte_limit: int | None, file_limit: int | None) -> str | None:
+        measured = self._measure(byte_limit, file_limit)
+        if measured is None:
+            return "folders Hearth cannot look into (hidden from the disk limit)"
+        total, files = measured
+        if byte_limit is not None and total > byte_limit:
+            return f"more than {(self.limits.disk_bytes or 0) // MiB} MiB to its folders"
+        if file_limit is not None and files > file_limit:
+            return f"more than {self.limits.new_files:,} files to its folders"
+        for folder, free_at_start in self._free_at_start.items():
+            free = _free_bytes(folder)
+            used = None if free is None or free_at_start is None else free_at_start - free
+            if used is not None and free is not None and free < _DISK_FLOOR_BYTES and used > (self.limits.disk_bytes or 0):
+                return f"{used // MiB} MiB that no folder shows (files deleted while open) and the disk is nearly full"
+        return None
 
     def close(self) -> None:
         self._done.set()
@@ -944,7 +1034,18 @@ class _DiskWatch:
             self._thread.join()
 
 
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        info = os.statvfs(folder)
+    except (OSError, AttributeError):  # AttributeError: Windows has no statvfs
+        return None
+    return info.f_bavail * info.f_frsize
+
+
 _DISK_WATCH_INTERVAL_S = 0.1
+_DISK_WATCH_MAX_DEPTH = 100
+_DISK_FLOOR_BYTES = 2 * GiB  # below this much free space, unexplained disk use stops the run
+_WALK_BY_FD = os.scandir in os.supports_fd and hasattr(os, "O_DIRECTORY")
 
 
 def _is_gone(pid: int, *, group: bool = False) -> bool:
