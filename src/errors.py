@@ -301,8 +301,15 @@ class SandboxUnavailableError(CompanyError):
 class UnsandboxedRunRefusedError(CompanyError):
     """No sandbox can start here, and the user has not agreed to run generated code without one."""
 
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
+    def __init__(self, reason: str, mode: str = "rlimits") -> None:
+        self.reason, self.mode = reason, mode  # mode: what would run ("rlimits": limits only; "landlock": a weak one)
+        if mode == "landlock":
+            super().__init__(
+                f"Only a partial sandbox can start on this machine ({reason}): a generated program could stop Hearth "
+                "and your other programs (it still could not read your files or use the network). Nothing was run. "
+                "To run it anyway: --allow-unsandboxed on the command line, or HEARTH_SANDBOX=landlock."
+            )
+            return
         super().__init__(
             f"No sandbox can start on this machine ({reason}), so a generated program could read your files, use "
             "the network and write anywhere you can. Nothing was run. To run it anyway, with time and memory limits "

@@ -13,8 +13,9 @@ Hearth's launcher applies it to the program alone, just before it becomes the pr
   refuses TCP from ABI 4 on. The same filter refuses memfd and System V IPC (memory past the limits or past the run).
 * **Other processes**: Landlock keeps it from ptrace-ing, and so from reading the memory or ``/proc/<pid>/environ``
   of, any process outside its domain (Hearth too; root's capabilities are dropped first, or they would reach past
-  it). The filter refuses signals to the supervising launcher, to Hearth and to process groups; from ABI 6 on,
-  Landlock refuses signals to anything outside the domain.
+  it). From ABI 6 on, Landlock refuses signals to anything outside the domain. Below, the filter refuses signals
+  to the supervising launcher (one thread), to Hearth's main thread and to their process groups, and the ways to
+  have the kernel send them (F_SETOWN); not to Hearth's other threads, so Hearth asks the user first there.
 
 What it does not do, unlike bubblewrap: hide the rest of ``/proc`` (other processes' command lines are readable),
 keep it from signalling the user's other programs before ABI 6, and give the program a PID namespace (the
@@ -39,6 +40,7 @@ _LANDLOCK_CREATE_RULESET_VERSION = 1
 # Architectures whose socket() syscall number the launcher's seccomp filter knows.
 SECCOMP_ARCHITECTURES = ("x86_64", "aarch64")
 
+SIGNAL_SCOPE_ABI = 6  # Linux 6.12: Landlock keeps signals inside the sandbox; below, Hearth asks before using it
 SYSTEM_READABLE = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/proc", "/sys")
 DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 

@@ -120,6 +120,13 @@ STRINGS: dict[str, dict[str, str]] = {
         "zh": "这台电脑上无法启动沙箱，因此本次构建生成的程序将以你的权限运行：它们可以读取你的文件（SSH 密钥、令牌、文档）、"
         "修改它们并访问网络。只有时间、内存、文件大小和进程数量限制会生效。仍然运行吗？",
     },
+    "weak_sandbox_body": {
+        "en": "Only a partial sandbox can start on this computer (an older kernel): the programs this build writes "
+        "could not read your files or use the network, but they could stop Hearth and your other programs. Run it "
+        "anyway?",
+        "zh": "这台电脑上只能启动不完整的沙箱（内核较旧）：本次构建生成的程序无法读取你的文件或访问网络，"
+        "但可以终止 Hearth 和你的其他程序。仍然运行吗？",
+    },
     "unsandboxed_remember": {"en": "Don't ask again on this computer", "zh": "在这台电脑上不再询问"},
     "unsandboxed_run": {"en": "Run without a sandbox", "zh": "不使用沙箱运行"},
     "reviewer_hint": {"en": "Your review comments (type end to finish)", "zh": "你的审查意见（输入 end 结束）"},

@@ -534,3 +534,34 @@ def test_what_the_disk_watch_cannot_see_stops_the_run(tmp_path: Path) -> None:
     result = run_program(project, timeout_s=15)
     assert result.disk_limit is not None and "cannot look into" in result.summary()
     assert not result.timed_out
+
+
+@linux_only
+def test_files_deleted_while_open_still_count(tmp_path: Path) -> None:
+    # No folder shows them (found by review); the run's open descriptors do.
+    source = """
+        import os, time
+        held = []
+        for index in range(40):
+            f = open(f"blob{index}", "wb")
+            f.write(os.urandom(1024 * 1024))
+            f.flush()
+            os.unlink(f"blob{index}")
+            held.append(f)
+        print("held", flush=True)
+        time.sleep(20)
+    """
+    result = run_program(make_project(tmp_path / "p", source), timeout_s=15, limits=ResourceLimits(disk_bytes=20 * MiB))
+    assert result.disk_limit is not None and not result.timed_out
+
+
+@linux_only
+def test_a_folder_unreadable_before_the_run_does_not_stop_it(tmp_path: Path) -> None:
+    # Left out of the watch, rather than stopping every run of that project (found by review).
+    project = make_project(tmp_path / "p", "print('fine')\n")
+    deep = project / "deep"
+    for _ in range(105):
+        deep = deep / "d"
+    deep.mkdir(parents=True)
+    result = run_program(project, timeout_s=10)
+    assert result.ok and result.disk_limit is None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -375,14 +376,16 @@ def test_other_processes_cannot_be_signalled(tmp_path: Path, sandbox_mode: str) 
         bystander.wait()
 
 
-def test_before_landlock_abi_6_the_supervisor_and_hearth_cannot_be_signalled(
-    tmp_path: Path, sandbox_mode: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Landlock scopes signals only from ABI 6 (Linux 6.12); Ubuntu 24.04's 6.8 has ABI 4. Killing the supervisor
-    # would orphan a setsid child out of its reach (found by review); the seccomp filter refuses it at any ABI.
+@pytest.fixture
+def landlock_abi_4(sandbox_mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Landlock as Ubuntu 24.04's kernel (6.8) has it: no signal scoping, which came with ABI 6 (Linux 6.12)."""
     if sandbox_mode != SANDBOX_LANDLOCK:
         pytest.skip("the Landlock mode's own protection")
     monkeypatch.setattr(landlock, "landlock_abi", lambda: 4)
+
+
+def test_before_landlock_abi_6_the_supervisor_and_hearth_cannot_be_signalled(tmp_path: Path, landlock_abi_4: None) -> None:
+    # Killing the supervisor would orphan a setsid child out of its reach (found by review).
     token = uuid.uuid4().hex
     result = run(tmp_path / "p", f"""
         import os, subprocess, sys
@@ -424,3 +427,30 @@ def test_no_io_uring_memfd_or_system_v_memory(tmp_path: Path, sandbox_mode: str)
     assert result.ok, result.stderr
     expected_shm = "refused" if sandbox_mode == SANDBOX_LANDLOCK else "allowed"
     assert result.stdout.split() == ["refused", "refused", expected_shm]
+
+
+def test_a_program_still_manages_its_own_children(tmp_path: Path) -> None:
+    # The filter refuses signals to groups that hold the supervisor or Hearth, not to the program's own.
+    result = run(tmp_path / "p", """
+        import os, signal, subprocess, sys
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True)
+        os.killpg(child.pid, signal.SIGTERM)
+        print(child.wait(timeout=10))
+    """)
+    assert result.ok, result.stderr
+    assert result.stdout.strip() == str(-signal.SIGTERM)
+
+
+def test_the_kernel_is_not_asked_to_signal_the_supervisor(tmp_path: Path, landlock_abi_4: None) -> None:
+    # F_SETOWN makes the kernel send the signal, no kill() needed (found by review).
+    result = run(tmp_path / "p", """
+        import fcntl, os
+        read_end, write_end = os.pipe()
+        try:
+            fcntl.fcntl(read_end, fcntl.F_SETOWN, os.getppid())
+            print("armed")
+        except OSError as exc:
+            print(type(exc).__name__)
+    """)
+    assert result.ok, result.stderr
+    assert result.stdout.strip() == "PermissionError"

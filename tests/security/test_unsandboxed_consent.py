@@ -155,3 +155,13 @@ def test_stopping_the_build_while_it_asks_is_a_no(tmp_path: Path) -> None:
     with pytest.raises(UnsandboxedRunRefusedError):
         build._build_and_run()
     assert len(page.dialogs) == 1
+
+
+def test_landlock_before_abi_6_is_used_only_after_a_yes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Below ABI 6 a program could still signal Hearth's threads and the user's programs (found by review).
+    monkeypatch.setattr(landlock, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(landlock, "landlock_abi", lambda: 4)
+    with pytest.raises(UnsandboxedRunRefusedError) as refused:
+        sandbox.require_containment()
+    assert refused.value.mode == "landlock" and "ABI 4" in str(refused.value) and "could stop Hearth" in str(refused.value)
+    assert sandbox.require_containment(allow_unsandboxed=True) == "landlock"

@@ -164,14 +164,14 @@ class CompanyBuild:
             run = company(get_app_setting(UNSANDBOXED_CONSENT_SETTING) == "yes")
         except UnsandboxedRunRefusedError as refused:
             # No sandbox starts on this machine: generated code runs only once the user has said yes, here.
-            if not self._ask_consent(refused.reason):
+            if not self._ask_consent(refused):
                 raise
             run = company(True)
         return run.run()
 
-    def _ask_consent(self, reason: str) -> bool:
+    def _ask_consent(self, refused: Any) -> bool:
         answers: queue.Queue[bool] = queue.Queue()
-        self.app.call_ui(self._show_consent_dialog, reason, answers)
+        self.app.call_ui(self._show_consent_dialog, refused, answers)
         while not self.cancel_event.is_set():  # the Stop button, or the app closing, is a no
             try:
                 return answers.get(timeout=0.2)
@@ -179,7 +179,7 @@ class CompanyBuild:
                 continue
         return False
 
-    def _show_consent_dialog(self, reason: str, answers: queue.Queue[bool]) -> None:
+    def _show_consent_dialog(self, refused: Any, answers: queue.Queue[bool]) -> None:
         remember = ft.Checkbox(label=self.tr("unsandboxed_remember"), value=False)
 
         def answer(allowed: bool) -> None:
@@ -193,7 +193,11 @@ class CompanyBuild:
                 modal=True,
                 title=ft.Text(self.tr("unsandboxed_title")),
                 content=ft.Column(
-                    [ft.Text(self.tr("unsandboxed_body")), ft.Text(reason, size=12, selectable=True), remember],
+                    [
+                        ft.Text(self.tr("weak_sandbox_body" if refused.mode == "landlock" else "unsandboxed_body")),
+                        ft.Text(refused.reason, size=12, selectable=True),
+                        remember,
+                    ],
                     tight=True,
                     width=520,
                 ),

@@ -42,6 +42,7 @@ Missing third-party modules are reported (``RunResult.missing_modules``), never 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -256,7 +257,9 @@ def run_program(
             threads.append(_start_thread(_feed, process.stdin, "stdin", stdin.encode("utf-8")))
 
         timed_out = False
-        watch = _DiskWatch([project, home], limits, stop=lambda: _kill_tree(process, run_id, supervised=supervised))
+        watch = _DiskWatch(
+            [project, home], limits, stop=lambda: _kill_tree(process, run_id, supervised=supervised), root_pid=process.pid
+        )
         try:
             timed_out = not _wait_for_exit(process, timeout_s)
         finally:
@@ -476,8 +479,16 @@ def require_containment(allow_unsandboxed: bool = False) -> str:
     fell back to limits only and the user has not agreed to that: generated code never runs uncontained silently.
     Choosing HEARTH_SANDBOX=rlimits is that agreement."""
     mode, _ = choose_sandbox()
-    if mode == SANDBOX_RLIMITS and get_settings().sandbox == SANDBOX_AUTO and not allow_unsandboxed:
+    if get_settings().sandbox != SANDBOX_AUTO or allow_unsandboxed:
+        return mode  # a mode named in HEARTH_SANDBOX, or the flag, is the user's choice
+    if mode == SANDBOX_RLIMITS:
         raise UnsandboxedRunRefusedError(unavailable_modes())
+    if mode == SANDBOX_LANDLOCK and landlock.landlock_abi() < landlock.SIGNAL_SCOPE_ABI:
+        raise UnsandboxedRunRefusedError(
+            f"{unavailable_modes()}; this kernel's Landlock (ABI {landlock.landlock_abi()}) cannot keep a program "
+            "from signalling other processes",
+            mode=SANDBOX_LANDLOCK,
+        )
     return mode
 
 
@@ -490,7 +501,7 @@ def sandbox_description(mode: str) -> str:
         )
     if mode == SANDBOX_LANDLOCK:
         abi = landlock.landlock_abi()
-        signals = "" if abi >= 6 else "; it could still signal your other programs (not Hearth)"
+        signals = "" if abi >= landlock.SIGNAL_SCOPE_ABI else "; it could still signal your other programs, Hearth too"
         return (
             f"Landlock (ABI {abi}): reads only system folders and Python, writes only the project folder and its own "
             f"temporary folder; no sockets, io_uring or shared memory; cannot trace other processes; every "
@@ -666,20 +677,39 @@ def landlock(abi):
 CALLS = {
     "x86_64": dict(arch=0xC000003E, socket=41, io_uring_setup=425, io_uring_enter=426, io_uring_register=427,
                    memfd_create=319, shmget=29, semget=64, msgget=68, mq_open=240, pidfd_send_signal=424, kill=62,
-                   tkill=200, tgkill=234, rt_sigqueueinfo=129, rt_tgsigqueueinfo=297, pidfd_open=434),
+                   tkill=200, tgkill=234, rt_sigqueueinfo=129, rt_tgsigqueueinfo=297, pidfd_open=434, fcntl=72,
+                   ioctl=16),
     "aarch64": dict(arch=0xC00000B7, socket=198, io_uring_setup=425, io_uring_enter=426, io_uring_register=427,
                     memfd_create=279, shmget=194, semget=190, msgget=186, mq_open=180, pidfd_send_signal=424,
-                    kill=129, tkill=130, tgkill=131, rt_sigqueueinfo=138, rt_tgsigqueueinfo=240, pidfd_open=434),
+                    kill=129, tkill=130, tgkill=131, rt_sigqueueinfo=138, rt_tgsigqueueinfo=240, pidfd_open=434,
+                    fcntl=25, ioctl=29),
 }
 # io_uring does what the denied calls do (it opens sockets) without calling them; memfd and System V memory
 # outlive or escape the address-space limit.
 ALWAYS_DENIED = ["io_uring_setup", "io_uring_enter", "io_uring_register", "memfd_create"]
 # Landlock: no sockets at all (Landlock does not cover UDP or Unix sockets), no System V IPC (it outlives the run),
-# and no signal to the supervisor or to Hearth (Landlock scopes signals from ABI 6 only): kill() to a group or to
-# every process is refused as well.
-LANDLOCK_DENIED = ["socket", "shmget", "semget", "msgget", "mq_open", "pidfd_send_signal"]
-GUARDED = [("kill", True), ("tkill", False), ("tgkill", False), ("rt_sigqueueinfo", False),
-           ("rt_tgsigqueueinfo", False), ("pidfd_open", False)]
+# and no signal to the supervisor (which ends every descendant) or to Hearth: Landlock scopes signals from ABI 6
+# only. Below ABI 6 this is not airtight (a signal to one of Hearth's other threads gets through), which is why
+# Hearth asks before using Landlock below ABI 6; the supervisor has one thread.
+LANDLOCK_DENIED = ["socket", "shmget", "semget", "msgget", "mq_open", "pidfd_send_signal", "tkill"]
+
+
+def guards(protected):
+    # (call, offset of the argument in struct seccomp_data, values that are refused). Arguments are compared on
+    # their low 32 bits (little-endian: at the argument's offset).
+    supervisor, hearth = protected
+    groups = [os.getpgid(0)]
+    try:
+        groups.append(os.getpgid(hearth))
+    except OSError:
+        pass
+    as_unsigned = lambda number: number & 0xFFFFFFFF
+    kill_targets = [supervisor, hearth, 0, as_unsigned(-1)] + [as_unsigned(-group) for group in groups]
+    return [("kill", 16, kill_targets)] + [(name, 16, [supervisor, hearth]) for name in
+            ("tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_open")] + [
+        ("fcntl", 24, [8, 10, 15]),  # F_SETOWN, F_SETSIG, F_SETOWN_EX: the kernel would send signals for it
+        ("ioctl", 24, [0x8901, 0x8902]),  # FIOSETOWN, SIOCSPGRP: the same
+    ]
 
 
 def seccomp(profile, protected):
@@ -691,11 +721,8 @@ def seccomp(profile, protected):
     denied = ALWAYS_DENIED + (LANDLOCK_DENIED if profile == "landlock" else [])
     code += [(0x15, "deny", 0, calls[name]) for name in denied]
     if profile == "landlock":
-        for name, nonpositive in GUARDED:
-            checks = [(0x20, 0, 0, 16)]  # the first argument's low 32 bits: the target pid
-            checks += [(0x15, "deny", 0, pid) for pid in protected]
-            if nonpositive:
-                checks += [(0x45, "deny", 0, 0x80000000), (0x15, "deny", 0, 0)]  # a group, or every process
+        for name, offset, refused in guards(protected):
+            checks = [(0x20, 0, 0, offset)] + [(0x15, "deny", 0, value) for value in refused]
             checks.append((0x06, 0, 0, 0x7FFF0000))
             code.append((0x15, 0, len(checks), calls[name]))
             code += checks
@@ -929,26 +956,39 @@ def _wait_for_exit(process: subprocess.Popen[bytes], timeout_s: float) -> bool:
 
 class _DiskWatch:
     """Stops a run that adds more than ``limits.disk_bytes`` or ``limits.new_files`` to ``folders``: RLIMIT_FSIZE
-    bounds each file, not how many there are, and a full disk takes the user's other programs down too. Looked at
-    every ``_DISK_WATCH_INTERVAL_S``. Folders it cannot look into (no permission, nested deeper than
-    ``_DISK_WATCH_MAX_DEPTH``) count as over the limit. Space that no folder shows (files deleted while still open)
-    is caught by the backstop: the file system's free space falling below ``_DISK_FLOOR_BYTES`` after more than
-    ``disk_bytes`` of it went since the start."""
+    bounds each file, not how many there are, and a full disk takes the user's other programs down too.
 
-    def __init__(self, folders: list[Path], limits: ResourceLimits, stop: Callable[[], None]) -> None:
-        self.folders, self.limits, self.stop = folders, limits, stop
+    Counted: what the folders hold, and (Linux) files that the run's processes hold open after deleting them (no
+    folder shows those). A folder that becomes impossible to look into while the run lasts (no permission, nested
+    deeper than ``_DISK_WATCH_MAX_DEPTH``) stops the run; one that already was at the start is left out (logged).
+    Looked at every ``_DISK_WATCH_INTERVAL_S`` at least, less often when a walk is slow, so that the watch costs
+    Hearth at most about a fifth of a core."""
+
+    def __init__(
+        self, folders: list[Path], limits: ResourceLimits, stop: Callable[[], None], root_pid: int | None = None
+    ) -> None:
+        self.limits, self.stop, self.root_pid = limits, stop, root_pid
         self.exceeded: str | None = None
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
+        self.folders: list[Path] = []
         if limits.disk_bytes is None and limits.new_files is None:
             return
-        self._baseline = self._measure(None, None)
-        self._free_at_start = {folder: _free_bytes(folder) for folder in folders}
+        base_bytes = base_files = 0
+        for folder in folders:
+            measured = self._measure([folder], None, None)
+            if measured is None:
+                logger.warning("The disk watch cannot look into %s; it is left out", folder)
+                continue
+            self.folders.append(folder)
+            base_bytes, base_files = base_bytes + measured[0], base_files + measured[1]
+        self._byte_limit = None if limits.disk_bytes is None else base_bytes + limits.disk_bytes
+        self._file_limit = None if limits.new_files is None else base_files + limits.new_files
         self._thread = threading.Thread(target=self._watch, name="hearth-run-disk", daemon=True)
         self._thread.start()
 
-    def _measure(self, byte_limit: int | None, file_limit: int | None) -> tuple[int, int] | None:
-        """Bytes (allocated) and entries under the folders, counting stopped once past a limit; None if some of it
+    def _measure(self, folders: list[Path], byte_limit: int | None, file_limit: int | None) -> tuple[int, int] | None:
+        """Bytes (allocated) and entries under ``folders``, counting stopped once past a limit; None if some of it
         could not be looked into."""
         total = files = 0
 
@@ -976,8 +1016,10 @@ class _DiskWatch:
                         continue
                     try:
                         child = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=directory)
-                    except FileNotFoundError:
-                        continue
+                    except OSError as exc:
+                        if exc.errno in _REPLACED_MEANWHILE:  # gone, or no longer a folder: nothing hidden
+                            continue
+                        raise
                     try:
                         if not visit(child, depth + 1):
                             return False
@@ -985,7 +1027,7 @@ class _DiskWatch:
                         os.close(child)
             return True
 
-        for folder in self.folders:
+        for folder in folders:
             if not folder.is_dir():
                 continue
             top: int | str = str(folder)
@@ -994,7 +1036,7 @@ class _DiskWatch:
                     top = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
                 if not visit(top, 0):
                     return None
-            except (OSError, RecursionError):  # no permission, a symbolic link swapped in, ...
+            except (OSError, RecursionError):  # no permission, ...
                 return None
             finally:
                 if isinstance(top, int):
@@ -1002,30 +1044,26 @@ class _DiskWatch:
         return total, files
 
     def _watch(self) -> None:
-        baseline = self._baseline or (0, 0)
-        byte_limit = None if self.limits.disk_bytes is None else baseline[0] + self.limits.disk_bytes
-        file_limit = None if self.limits.new_files is None else baseline[1] + self.limits.new_files
-        while not self._done.wait(_DISK_WATCH_INTERVAL_S):
-            self.exceeded = self._over(byte_limit, file_limit)
+        interval = _DISK_WATCH_INTERVAL_S
+        while not self._done.wait(interval):
+            started = time.monotonic()
+            self.exceeded = self._over()
             if self.exceeded is not None:
                 logger.warning("Stopping a generated program: it wrote %s", self.exceeded)
                 self.stop()
                 return
+            interval = max(_DISK_WATCH_INTERVAL_S, 5 * (time.monotonic() - started))
 
-    def _over(self, byte_limit: int | None, file_limit: int | None) -> str | None:
-        measured = self._measure(byte_limit, file_limit)
+    def _over(self) -> str | None:
+        measured = self._measure(self.folders, self._byte_limit, self._file_limit)
         if measured is None:
             return "folders Hearth cannot look into (hidden from the disk limit)"
         total, files = measured
-        if byte_limit is not None and total > byte_limit:
+        total += _deleted_but_open_bytes(self.root_pid) if self.root_pid is not None and _IS_LINUX else 0
+        if self._byte_limit is not None and total > self._byte_limit:
             return f"more than {(self.limits.disk_bytes or 0) // MiB} MiB to its folders"
-        if file_limit is not None and files > file_limit:
+        if self._file_limit is not None and files > self._file_limit:
             return f"more than {self.limits.new_files:,} files to its folders"
-        for folder, free_at_start in self._free_at_start.items():
-            free = _free_bytes(folder)
-            used = None if free is None or free_at_start is None else free_at_start - free
-            if used is not None and free is not None and free < _DISK_FLOOR_BYTES and used > (self.limits.disk_bytes or 0):
-                return f"{used // MiB} MiB that no folder shows (files deleted while open) and the disk is nearly full"
         return None
 
     def close(self) -> None:
@@ -1034,17 +1072,53 @@ class _DiskWatch:
             self._thread.join()
 
 
-def _free_bytes(folder: Path) -> int | None:
-    try:
-        info = os.statvfs(folder)
-    except (OSError, AttributeError):  # AttributeError: Windows has no statvfs
-        return None
-    return info.f_bavail * info.f_frsize
+def _deleted_but_open_bytes(root_pid: int) -> int:
+    """Bytes of regular files that ``root_pid`` or its descendants still hold open after deleting them. A process
+    that hid its descriptors (made itself non-dumpable) is not counted: its open files stay bounded by
+    RLIMIT_NOFILE x RLIMIT_FSIZE."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for pid in [root_pid, *_descendants_of(root_pid)]:
+        try:
+            descriptors = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for descriptor in descriptors:
+            link = f"/proc/{pid}/fd/{descriptor}"
+            try:
+                if not os.readlink(link).endswith(" (deleted)"):
+                    continue
+                info = os.stat(link)
+            except OSError:
+                continue
+            if stat.S_ISREG(info.st_mode) and (info.st_dev, info.st_ino) not in seen:
+                seen.add((info.st_dev, info.st_ino))
+                total += info.st_blocks * 512
+    return total
+
+
+def _descendants_of(root_pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as status:
+                parent = int(status.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(name))
+    found, queue = [], [root_pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
 
 
 _DISK_WATCH_INTERVAL_S = 0.1
 _DISK_WATCH_MAX_DEPTH = 100
-_DISK_FLOOR_BYTES = 2 * GiB  # below this much free space, unexplained disk use stops the run
+_REPLACED_MEANWHILE = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP}
 _WALK_BY_FD = os.scandir in os.supports_fd and hasattr(os, "O_DIRECTORY")
 
 
