@@ -83,9 +83,10 @@ ENV_REMOTE_READ_TIMEOUT = "HEARTH_REMOTE_READ_TIMEOUT"
 ENV_MAX_NEW_TOKENS = "HEARTH_MAX_NEW_TOKENS"
 ENV_WAREHOUSE_DIR = "HEARTH_WAREHOUSE_DIR"
 ENV_EVOLUTION_DIR = "HEARTH_EVOLUTION_DIR"
-ENV_SANDBOX = "HEARTH_SANDBOX"  # how generated programs are contained: auto | bubblewrap | landlock | rlimits
+ENV_SANDBOX = "HEARTH_SANDBOX"  # how generated programs are contained: auto | bubblewrap | landlock | seatbelt | rlimits
 SANDBOX_AUTO, SANDBOX_BUBBLEWRAP, SANDBOX_LANDLOCK, SANDBOX_RLIMITS = "auto", "bubblewrap", "landlock", "rlimits"
-SANDBOX_MODES = (SANDBOX_AUTO, SANDBOX_BUBBLEWRAP, SANDBOX_LANDLOCK, SANDBOX_RLIMITS)
+SANDBOX_SEATBELT = "seatbelt"  # macOS sandbox-exec
+SANDBOX_MODES = (SANDBOX_AUTO, SANDBOX_BUBBLEWRAP, SANDBOX_LANDLOCK, SANDBOX_SEATBELT, SANDBOX_RLIMITS)
 ENV_SERVER_API_KEY = "HEARTH_SERVER_API_KEY"  # the key clients of `main.py serve` must send (Bearer)
 
 
@@ -124,7 +125,7 @@ class Settings:
     sandbox: str = SANDBOX_AUTO  # HEARTH_SANDBOX: the strongest mode available, or the one named (src/sandbox/)
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
         data_dir = Path(env[ENV_DATA_DIR]).expanduser() if env.get(ENV_DATA_DIR) else _default_data_dir()
         db_path = Path(env[ENV_DB_PATH]).expanduser() if env.get(ENV_DB_PATH) else data_dir / "hearth.sqlite3"

@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 
 from src.db.llm_config_db import LLMConfigDB
-from src.sandbox.bubblewrap import find_bubblewrap
-from src.settings import ENV_SANDBOX, SANDBOX_BUBBLEWRAP, SANDBOX_RLIMITS, reload_settings
+from src.settings import SANDBOX_BUBBLEWRAP, SANDBOX_LANDLOCK, SANDBOX_RLIMITS
 from src.utils.ChatUtils import AIRequestHandlerWithHistory
 from src.workflows.company.runner import DISABLED_GIT_NAME, CompanyRun
 from src.workflows.company.sandbox import run_program
 from tests.openai_test_server import OpenAITestServer
+from tests.sandbox_modes import use_sandbox_mode
 
 MARKERS = ("ruff", "calendar", "resource", "git-filter", "git-hook", "git-nested")
 
@@ -94,14 +94,11 @@ def hostile_model(tmp_path: Path):  # type: ignore[no-untyped-def]
         yield AIRequestHandlerWithHistory().model, markers
 
 
-@pytest.mark.parametrize("mode", [SANDBOX_BUBBLEWRAP, SANDBOX_RLIMITS])
+@pytest.mark.parametrize("mode", [SANDBOX_BUBBLEWRAP, SANDBOX_LANDLOCK, SANDBOX_RLIMITS])
 def test_nothing_the_model_wrote_runs_outside_the_sandbox_in_a_git_mode_company_run(
     hostile_model, tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
 ) -> None:
-    if mode == SANDBOX_BUBBLEWRAP and find_bubblewrap().found is None:
-        pytest.skip(f"bubblewrap cannot start: {find_bubblewrap().reason}")
-    monkeypatch.setenv(ENV_SANDBOX, mode)  # choosing the limits-only mode is the user's consent to it
-    reload_settings()
+    use_sandbox_mode(mode, monkeypatch)  # choosing a mode by name is the user's consent to it
     model, markers = hostile_model
     run = CompanyRun(
         "a calendar app", "Hostile", model=model, warehouse_root=tmp_path / "WareHouse", run_timeout_s=5.0,

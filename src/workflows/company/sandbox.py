@@ -3,9 +3,10 @@
 What a run gets, and why:
 
 - **Its own process, never the app's**: ``python <entry>`` in a subprocess with ``cwd`` = the project folder.
-- **A sandbox**, the strongest this machine has (``choose_sandbox``; HEARTH_SANDBOX names one): bubblewrap
-  (``src/sandbox/bubblewrap.py``), else Landlock (``src/sandbox/landlock.py``), else limits only, which runs
-  nothing without the user's consent (``require_containment``). The README says what each contains and what not.
+- **A sandbox**, the strongest this machine has (``choose_sandbox``; HEARTH_SANDBOX names one): on Linux bubblewrap
+  (``src/sandbox/bubblewrap.py``), else Landlock (``src/sandbox/landlock.py``); on macOS Seatbelt
+  (``src/sandbox/seatbelt.py``); else limits only, which runs nothing without the user's consent
+  (``require_containment``). The README says what each contains and what not.
 - **Its own process group** (``start_new_session=True``), and every descendant dies at the end of the run, also when
   the program exits on its own: in bubblewrap with its PID namespace; elsewhere on Linux the launcher stays as the
   program's parent and *subreaper* (orphans are re-parented to it, whatever session or environment they chose)
@@ -32,9 +33,13 @@ Everything else that touches a project goes through here too, and executes none 
 (ruff, bandit: isolated Python, started outside the folder; inside bubblewrap too, the project read-only) and
 ``run_git`` (no configuration the program can write is ever read; inside bubblewrap too).
 
-Windows: no rlimits and no subreaper. The program gets CREATE_NEW_PROCESS_GROUP, and is stopped with
-``taskkill /F /T`` (the whole tree of processes it started, as far as Windows still records their parents); the
-timeout, the output bound, the disk watch and the minimal environment apply as everywhere.
+Windows: no rlimits and no subreaper; a Job Object instead (``src/sandbox/job_object.py``): the program is started
+suspended in a new process group, put in a job of its own (memory, CPU time and process limits, UI restrictions,
+kill on close) and resumed; the end of the run terminates the job, so every process it started ends with it
+(``taskkill /F /T`` stays as a second try). The timeout, the output bound, the disk watch and the minimal
+environment apply as everywhere. macOS: the POSIX limits (the kernel ignores RLIMIT_AS there) and the process group;
+no subreaper exists, so a descendant that leaves the group and outlives its parent is not found (it keeps the
+Seatbelt profile).
 
 Missing third-party modules are reported (``RunResult.missing_modules``), never installed.
 """
@@ -65,7 +70,7 @@ from pathlib import Path
 from typing import IO
 
 from src.errors import ProgramStartError, ProjectFileNotFoundError, SandboxUnavailableError, UnsandboxedRunRefusedError
-from src.sandbox import landlock
+from src.sandbox import job_object, landlock, seatbelt
 from src.sandbox.bubblewrap import HOME_INSIDE, Bubblewrap, find_bubblewrap, wrap
 from src.settings import (
     PROJECT_ROOT,
@@ -73,6 +78,7 @@ from src.settings import (
     SANDBOX_BUBBLEWRAP,
     SANDBOX_LANDLOCK,
     SANDBOX_RLIMITS,
+    SANDBOX_SEATBELT,
     get_settings,
     parse_sandbox,
 )
@@ -94,6 +100,7 @@ _LAST_SIGNAL = 64  # SIGRTMAX on Linux  # after SIGKILL: how long to wait for th
 RUN_ID_VARIABLE = "HEARTH_RUN_ID"
 _IS_WINDOWS = os.name == "nt"
 _IS_LINUX = sys.platform.startswith("linux")
+_IS_MACOS = sys.platform == "darwin"
 
 # Never forwarded even when a caller passes them in ``env``: Hearth's own secrets and anything named like a secret.
 _SECRET_NAME_RE = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|CREDENTIAL|PRIVATE_KEY|ACCESS_KEY)", re.IGNORECASE)
@@ -227,6 +234,9 @@ def run_program(
         command = [interpreter, "-I", "-c", _LAUNCHER, *options, "--", *command]
     if bwrap is not None:
         command = _wrapped(bwrap, command, child_env, project=project)
+    elif mode == SANDBOX_SEATBELT:
+        _go_headless(child_env)  # the window server is a Mach service the profile closes
+        command = seatbelt.wrap(command, project=project, private_tmp=home, hidden=folders_to_hide())
 
     stdout_capture = _StreamCapture(max_output_bytes)
     stderr_capture = _StreamCapture(max_output_bytes)
@@ -244,10 +254,13 @@ def run_program(
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 close_fds=True,
-                **_group_options(),
+                **_group_options(suspended=_IS_WINDOWS),
             )
         except OSError as exc:
             raise ProgramStartError(f"{interpreter} {relative_entry}", exc.strerror or str(exc)) from exc
+        job = _windows_job(process, limits, timeout_s) if _IS_WINDOWS else None
+        if job is not None:
+            cleanup.callback(job.close)
         logger.info("Running %s in %s (pid %d, timeout %g s)", relative_entry, project, process.pid, timeout_s)
         threads = [
             _start_thread(stdout_capture.consume, process.stdout, "stdout"),
@@ -258,7 +271,8 @@ def run_program(
 
         timed_out = False
         watch = _DiskWatch(
-            [project, home], limits, stop=lambda: _kill_tree(process, run_id, supervised=supervised), root_pid=process.pid
+            [project, home], limits, stop=lambda: _kill_tree(process, run_id, supervised=supervised, job=job),
+            root_pid=process.pid,
         )
         try:
             timed_out = not _wait_for_exit(process, timeout_s)
@@ -266,7 +280,7 @@ def run_program(
             duration_s = time.monotonic() - started  # how long it ran, not how long cleaning up took
             watch.close()
             # Also when it exited by itself: whatever it started in the background must not outlive the run.
-            _kill_tree(process, run_id, supervised=supervised)
+            _kill_tree(process, run_id, supervised=supervised, job=job)
         exit_code = _reap(process)
         if bwrap is not None and exit_code is not None and 128 < exit_code <= 128 + _LAST_SIGNAL:
             # bwrap reports a program killed by signal N as 128 + N; a program's own exit(130) looks the same (rare).
@@ -315,12 +329,15 @@ def run_analyzer(
     the bubblewrap mode it runs in the same sandbox as the program, the project read-only, in case an analyzer
     ever executes something after all. ``arguments`` name the project as ``{project}``."""
     project = Path(project).resolve()
-    _, bwrap = choose_sandbox(sandbox)
+    mode, bwrap = choose_sandbox(sandbox)
     with tempfile.TemporaryDirectory(prefix="hearth-analyzer-") as place:
         command = [sys.executable, "-I", "-m", module, *(a.replace("{project}", str(project)) for a in arguments)]
         environment = _child_environment(Path(place), uuid.uuid4().hex, None)
         if bwrap is not None:
             command = _wrapped(bwrap, command, environment, project=project, read_only=True, workdir="/tmp")
+        elif mode == SANDBOX_SEATBELT:
+            command = seatbelt.wrap(command, project=project, private_tmp=Path(place), hidden=folders_to_hide(),
+                                    read_only_project=True)  # fmt: skip
         try:
             done = subprocess.run(  # fixed argv, no shell
                 command,
@@ -351,7 +368,7 @@ def run_git(
     (``nested_repositories``). In the bubblewrap mode git itself runs in the sandbox too, the work tree read-only
     and only ``git_dir`` writable, so that whatever git might still be made to run is contained like the program."""
     git_dir, work_tree = Path(git_dir).resolve(), Path(work_tree).resolve()
-    _, bwrap = choose_sandbox(sandbox)
+    mode, bwrap = choose_sandbox(sandbox)
     with tempfile.TemporaryDirectory(prefix="hearth-git-home-") as home:
         environment = {
             "PATH": os.environ.get("PATH", os.defpath),
@@ -367,6 +384,9 @@ def run_git(
         command = ["git", *_GIT_SAFETY, *arguments]
         if bwrap is not None:
             command = _wrapped(bwrap, command, environment, project=work_tree, read_only=True, writable=[git_dir])
+        elif mode == SANDBOX_SEATBELT:
+            command = seatbelt.wrap(command, project=work_tree, private_tmp=Path(home), hidden=folders_to_hide(),
+                                    read_only_project=True, writable=[git_dir])  # fmt: skip
         try:
             done = subprocess.run(  # fixed argv, no shell
                 command, cwd=work_tree, env=environment, capture_output=True, text=True, timeout=timeout_s,
@@ -451,6 +471,13 @@ def choose_sandbox(requested: str | None = None) -> tuple[str, Bubblewrap | None
     mode = parse_sandbox(requested) if requested is not None else get_settings().sandbox
     if mode == SANDBOX_RLIMITS:
         return mode, None
+    if mode == SANDBOX_SEATBELT or (mode == SANDBOX_AUTO and _IS_MACOS):
+        seatbelt_missing = seatbelt.unavailable_reason()
+        if seatbelt_missing is None:
+            return SANDBOX_SEATBELT, None
+        if mode == SANDBOX_SEATBELT:
+            raise SandboxUnavailableError(SANDBOX_SEATBELT, seatbelt_missing)
+        return SANDBOX_RLIMITS, None  # neither bubblewrap nor Landlock exists on macOS
     if mode in (SANDBOX_AUTO, SANDBOX_BUBBLEWRAP):
         probe = find_bubblewrap()
         if probe.found is not None:
@@ -467,6 +494,10 @@ def choose_sandbox(requested: str | None = None) -> tuple[str, Bubblewrap | None
 
 def unavailable_modes() -> str:
     """Why no containing mode runs here (for the refusal and the summary)."""
+    if _IS_MACOS:
+        return f"Seatbelt: {seatbelt.unavailable_reason() or 'available'}"
+    if _IS_WINDOWS:
+        return "Windows has no sandbox Hearth can use yet (a Job Object only ends and limits the program)"
     reasons = [f"bubblewrap: {find_bubblewrap().reason}"] if find_bubblewrap().found is None else []
     landlock_missing = landlock.unavailable_reason()
     if landlock_missing is not None:
@@ -507,7 +538,14 @@ def sandbox_description(mode: str) -> str:
             f"temporary folder; no sockets, io_uring or shared memory; cannot trace other processes; every "
             f"descendant ended; limits{signals}"
         )
-    return "limits only (no operating-system sandbox): the program could read your files and use the network"
+    if mode == SANDBOX_SEATBELT:
+        return (
+            "Seatbelt (macOS sandbox-exec): home, Hearth's data and install and the other projects unreadable; writes "
+            "only the project folder and its own temporary folder; no network; cannot signal or inspect other "
+            "processes; limits"
+        )
+    limits = "a Job Object: memory, CPU time and process limits, every process ended" if _IS_WINDOWS else "limits"
+    return f"limits only (no operating-system sandbox; {limits}): the program could read your files and use the network"
 
 
 def parse_missing_modules(stderr: str) -> list[str]:
@@ -827,7 +865,7 @@ os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1)
 
 def _limit_arguments(limits: ResourceLimits, timeout_s: float, bwrap: Bubblewrap | None) -> list[str]:
     arguments: list[str] = []
-    if limits.address_space_bytes is not None:
+    if limits.address_space_bytes is not None and not _IS_MACOS:  # macOS refuses or ignores RLIMIT_AS
         arguments.append(f"AS={int(limits.address_space_bytes)}")
     if limits.file_size_bytes is not None:
         arguments.append(f"FSIZE={int(limits.file_size_bytes)}")
@@ -879,13 +917,38 @@ def _kernel_at_least(major: int, minor: int) -> bool:
 # --- process control -----------------------------------------------------------------------------------------
 
 
-def _group_options() -> dict[str, object]:
+def _group_options(*, suspended: bool = False) -> dict[str, object]:
     if _IS_WINDOWS:
-        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+        return {"creationflags": job_object.CREATE_NEW_PROCESS_GROUP | (job_object.CREATE_SUSPENDED if suspended else 0)}
     return {"start_new_session": True}
 
 
-def _kill_tree(process: subprocess.Popen[bytes], run_id: str, *, supervised: bool = False) -> None:
+def _windows_job(process: subprocess.Popen[bytes], limits: ResourceLimits, timeout_s: float) -> job_object.JobObject:
+    """The program, started suspended, in a Job Object of its own (``src/sandbox/job_object.py``), then resumed.
+    Where that fails it never runs: a program outside the job could outlive the run."""
+    cpu = limits.cpu_seconds if limits.cpu_seconds is not None else math.ceil(timeout_s) + 5
+    processes = None if limits.max_new_processes is None else limits.max_new_processes + 1
+    try:
+        job = job_object.JobObject(job_object.JobLimits(limits.address_space_bytes, cpu, processes))
+    except OSError as exc:
+        process.kill()
+        process.wait()
+        raise ProgramStartError(" ".join(map(str, process.args)), f"no Job Object for it: {exc}") from exc
+    try:
+        job.adopt_and_resume(process.pid)
+    except OSError as exc:
+        job.close()
+        process.kill()
+        process.wait()
+        raise ProgramStartError(" ".join(map(str, process.args)), f"could not put it in its Job Object: {exc}") from exc
+    return job
+
+
+def _kill_tree(
+    process: subprocess.Popen[bytes], run_id: str, *, supervised: bool = False, job: job_object.JobObject | None = None
+) -> None:
+    if job is not None:
+        job.terminate()  # every process of the job, however it was started
     if _IS_WINDOWS:
         try:
             subprocess.run(
