@@ -52,7 +52,8 @@ DEVICES = ("/dev/null", "/dev/zero", "/dev/random", "/dev/urandom", "/dev/dtrace
 _PROBE_TIMEOUT_S = 10.0
 
 # Everything a Python program needs that is not a file: processes of its own, their signals and information, the
-# sysctls and host calls that os.cpu_count(), platform and numpy use, POSIX semaphores (multiprocessing's locks),
+# sysctls and host calls that os.cpu_count(), platform and numpy use (named: kern.procargs2 would hand it every
+# process's arguments and environment, Hearth's keys included), POSIX semaphores (multiprocessing's locks),
 # reading preferences (CoreFoundation), and the directory service's user lookup (getpwuid, getpass.getuser).
 _BASE_RULES = """\
 (version 1)
@@ -61,7 +62,13 @@ _BASE_RULES = """\
 (allow process-fork)
 (allow signal (target same-sandbox))
 (allow process-info* (target same-sandbox))
-(allow sysctl-read)
+(allow sysctl-read
+  (sysctl-name-prefix "hw.") (sysctl-name "machdep.cpu.brand_string") (sysctl-name "kern.argmax")
+  (sysctl-name "kern.hostname") (sysctl-name "kern.maxfilesperproc") (sysctl-name "kern.maxproc")
+  (sysctl-name "kern.osproductversion") (sysctl-name "kern.osrelease") (sysctl-name "kern.ostype")
+  (sysctl-name "kern.osvariant_status") (sysctl-name "kern.osversion") (sysctl-name "kern.secure_kernel")
+  (sysctl-name "kern.usrstack64") (sysctl-name "kern.version") (sysctl-name "sysctl.proc_cputype")
+  (sysctl-name "sysctl.proc_translated") (sysctl-name "vm.loadavg") (sysctl-name-prefix "kern.proc.pid."))
 (allow mach-host*)
 (allow ipc-posix-sem)
 (allow user-preference-read)

@@ -88,8 +88,10 @@ def _filter_matches(form: list[object], parameters: dict[str, str], target: str)
         value = str(argument)
     if kind == "subpath":
         return target == value or target.startswith(value.rstrip("/") + "/")
-    if kind in ("literal", "global-name"):
+    if kind in ("literal", "global-name", "sysctl-name"):
         return target == value
+    if kind == "sysctl-name-prefix":
+        return target.startswith(value)
     if kind == "target":
         return value == "same-sandbox" and target == "same-sandbox"
     raise AssertionError(f"a filter the judge does not know: {form}")
@@ -173,9 +175,12 @@ def test_no_network_no_keychain_no_other_process(layout: dict[str, Path]) -> Non
         ("signal", "other"),  # Hearth, the user's other programs
         ("process-info-pidinfo", "other"),
         ("ipc-posix-shm-write-create", "x"),
+        ("sysctl-read", "kern.procargs2"),  # any process's arguments and environment: Hearth's keys
+        ("sysctl-read", "kern.proc.all"),
     ):
         assert decide(forms, parameters, operation, target) == "deny", (operation, target)
     assert decide(forms, parameters, "signal", "same-sandbox") == "allow"
+    assert decide(forms, parameters, "sysctl-read", "hw.ncpu") == "allow"  # os.cpu_count()
     assert decide(forms, parameters, "mach-lookup", "com.apple.system.opendirectoryd.libinfo") == "allow"
 
 
