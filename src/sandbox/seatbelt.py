@@ -132,12 +132,12 @@ def profile_and_parameters(
     parameters: dict[str, str] = {}
     numbers: Counter[str] = Counter()
 
-    def filters(kind: str, folders: Sequence[Path], matcher: str = "subpath") -> str:
+    def filters(kind: str, real_folders: Sequence[str], matcher: str) -> str:
         names = []
-        for folder in folders:
+        for folder in real_folders:
             name = f"{kind}_{numbers[kind]}"
             numbers[kind] += 1
-            parameters[name] = os.path.realpath(folder)
+            parameters[name] = folder
             names.append(f'({matcher} (param "{name}"))')
         return " ".join(names)
 
@@ -153,7 +153,7 @@ def profile_and_parameters(
 
     def rule(action: str, operations: str, kind: str, folders: list[str], matcher: str = "subpath") -> None:
         if folders:  # a rule with no filter matches everything: "(deny file-read*)" would hide the whole disk
-            rules.append(f"({action} {operations} {filters(kind, [Path(p) for p in folders], matcher)})")
+            rules.append(f"({action} {operations} {filters(kind, folders, matcher)})")
 
     # Hidden and readable folders nest both ways (the project inside the hidden WareHouse, Hearth's data folder
     # inside a venv): one rule each, the outermost first, so that the deepest folder's rule is the last to match.

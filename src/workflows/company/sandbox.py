@@ -114,7 +114,7 @@ class ResourceLimits:
 
     address_space_bytes: int | None = 1 * GiB
     file_size_bytes: int | None = 50 * MiB
-    cpu_seconds: int | None = None  # None: the timeout rounded up, plus 5
+    cpu_seconds: int | None = None  # None: the timeout rounded up, plus 5 (cpu_seconds_for)
     max_new_processes: int | None = 64  # Linux only, on top of the user's current tasks; ignored for root
     core_dumps: bool = False
     # What one run may add, in total, to its project folder and its own temporary folder (watched while it runs;
@@ -122,6 +122,11 @@ class ResourceLimits:
     disk_bytes: int | None = 256 * MiB
     new_files: int | None = 10_000
     open_files: int | None = 512  # with file_size_bytes, bounds what files deleted while open can hold
+
+
+    def cpu_seconds_for(self, timeout_s: float) -> int:
+        """The CPU time a run may use: a backstop behind the wall-clock timeout, should its kill fail."""
+        return int(self.cpu_seconds if self.cpu_seconds is not None else math.ceil(timeout_s) + 5)
 
 
 @dataclass(frozen=True)
@@ -232,11 +237,7 @@ def run_program(
         elif bwrap is not None and platform.machine() in landlock.SECCOMP_ARCHITECTURES:
             options.append("SECCOMP=bubblewrap")  # no io_uring or memfd: see the launcher
         command = [interpreter, "-I", "-c", _LAUNCHER, *options, "--", *command]
-    if bwrap is not None:
-        command = _wrapped(bwrap, command, child_env, project=project)
-    elif mode == SANDBOX_SEATBELT:
-        _go_headless(child_env)  # the window server is a Mach service the profile closes
-        command = seatbelt.wrap(command, project=project, private_tmp=home, hidden=folders_to_hide())
+    command = _contained(mode, bwrap, command, child_env, project=project, private_tmp=home)
 
     stdout_capture = _StreamCapture(max_output_bytes)
     stderr_capture = _StreamCapture(max_output_bytes)
@@ -333,11 +334,8 @@ def run_analyzer(
     with tempfile.TemporaryDirectory(prefix="hearth-analyzer-") as place:
         command = [sys.executable, "-I", "-m", module, *(a.replace("{project}", str(project)) for a in arguments)]
         environment = _child_environment(Path(place), uuid.uuid4().hex, None)
-        if bwrap is not None:
-            command = _wrapped(bwrap, command, environment, project=project, read_only=True, workdir="/tmp")
-        elif mode == SANDBOX_SEATBELT:
-            command = seatbelt.wrap(command, project=project, private_tmp=Path(place), hidden=folders_to_hide(),
-                                    read_only_project=True)  # fmt: skip
+        command = _contained(mode, bwrap, command, environment, project=project, private_tmp=Path(place),
+                             read_only=True, workdir="/tmp")  # fmt: skip
         try:
             done = subprocess.run(  # fixed argv, no shell
                 command,
@@ -382,11 +380,8 @@ def run_git(
             "GIT_WORK_TREE": str(work_tree),
         }
         command = ["git", *_GIT_SAFETY, *arguments]
-        if bwrap is not None:
-            command = _wrapped(bwrap, command, environment, project=work_tree, read_only=True, writable=[git_dir])
-        elif mode == SANDBOX_SEATBELT:
-            command = seatbelt.wrap(command, project=work_tree, private_tmp=Path(home), hidden=folders_to_hide(),
-                                    read_only_project=True, writable=[git_dir])  # fmt: skip
+        command = _contained(mode, bwrap, command, environment, project=work_tree, private_tmp=Path(home),
+                             read_only=True, writable=[git_dir])  # fmt: skip
         try:
             done = subprocess.run(  # fixed argv, no shell
                 command, cwd=work_tree, env=environment, capture_output=True, text=True, timeout=timeout_s,
@@ -564,27 +559,37 @@ def folders_to_hide() -> list[Path]:
     return [settings.data_dir, settings.db_path.parent, settings.evolution_dir, settings.warehouse_dir, PROJECT_ROOT]
 
 
-def _wrapped(
-    bwrap: Bubblewrap,
+def _contained(
+    mode: str,
+    bwrap: Bubblewrap | None,
     command: list[str],
     environment: dict[str, str],
     *,
     project: Path,
+    private_tmp: Path,
     read_only: bool = False,
     writable: list[Path] | None = None,
     workdir: str | None = None,
 ) -> list[str]:
-    """``command`` inside bubblewrap, and ``environment`` made to fit it (changed in place): HOME and TMPDIR in its
-    private /tmp, and no display. A window would need the X or Wayland socket, which lets any client read the
-    screen and the keyboard; pygame, matplotlib and Qt are pointed at their headless drivers instead, so that a
-    generated game still runs (and can be judged by "ran without crashing")."""
-    _go_headless(environment)
-    environment.update(HOME=HOME_INSIDE, TMPDIR="/tmp")
-    if "XDG_CONFIG_HOME" in environment:
-        environment["XDG_CONFIG_HOME"] = HOME_INSIDE
-    arguments = wrap(bwrap, command, project=project, hidden=folders_to_hide(), read_only_project=read_only,
-                     writable=writable or [], workdir=workdir)  # fmt: skip
-    return arguments
+    """``command`` inside the wrapper of ``mode`` (bubblewrap, Seatbelt; the other modes wrap nothing: Landlock is
+    applied by the launcher), and ``environment`` made to fit it (changed in place): no display, and in bubblewrap
+    HOME and TMPDIR in its private /tmp. A window would need the X or Wayland socket (on macOS, the window server's
+    Mach service), which lets any client read the screen and the keyboard; pygame, matplotlib and Qt are pointed at
+    their headless drivers instead, so that a generated game still runs (and can be judged by "ran without
+    crashing"). ``private_tmp`` is the run's own folder (HOME outside bubblewrap); ``workdir`` is where bubblewrap
+    starts it."""
+    if bwrap is not None:
+        _go_headless(environment)
+        environment.update(HOME=HOME_INSIDE, TMPDIR="/tmp")
+        if "XDG_CONFIG_HOME" in environment:
+            environment["XDG_CONFIG_HOME"] = HOME_INSIDE
+        return wrap(bwrap, command, project=project, hidden=folders_to_hide(), read_only_project=read_only,
+                    writable=writable or [], workdir=workdir)  # fmt: skip
+    if mode == SANDBOX_SEATBELT:
+        _go_headless(environment)
+        return seatbelt.wrap(command, project=project, private_tmp=private_tmp, hidden=folders_to_hide(),
+                             read_only_project=read_only, writable=writable or [])  # fmt: skip
+    return command
 
 
 def _go_headless(environment: dict[str, str]) -> None:
@@ -869,8 +874,7 @@ def _limit_arguments(limits: ResourceLimits, timeout_s: float, bwrap: Bubblewrap
         arguments.append(f"AS={int(limits.address_space_bytes)}")
     if limits.file_size_bytes is not None:
         arguments.append(f"FSIZE={int(limits.file_size_bytes)}")
-    cpu = limits.cpu_seconds if limits.cpu_seconds is not None else math.ceil(timeout_s) + 5
-    arguments.append(f"CPU={int(cpu)}")  # soft limit: SIGXCPU; the hard limit one second later: SIGKILL
+    arguments.append(f"CPU={limits.cpu_seconds_for(timeout_s)}")  # soft limit: SIGXCPU; the hard limit one second later: SIGKILL
     if not limits.core_dumps:
         arguments.append("CORE=0")
     if limits.open_files is not None:
@@ -926,18 +930,16 @@ def _group_options(*, suspended: bool = False) -> dict[str, object]:
 def _windows_job(process: subprocess.Popen[bytes], limits: ResourceLimits, timeout_s: float) -> job_object.JobObject:
     """The program, started suspended, in a Job Object of its own (``src/sandbox/job_object.py``), then resumed.
     Where that fails it never runs: a program outside the job could outlive the run."""
-    cpu = limits.cpu_seconds if limits.cpu_seconds is not None else math.ceil(timeout_s) + 5
     processes = None if limits.max_new_processes is None else limits.max_new_processes + 1
+    job = None
     try:
-        job = job_object.JobObject(job_object.JobLimits(limits.address_space_bytes, cpu, processes))
-    except OSError as exc:
-        process.kill()
-        process.wait()
-        raise ProgramStartError(" ".join(map(str, process.args)), f"no Job Object for it: {exc}") from exc
-    try:
+        job = job_object.JobObject(
+            job_object.JobLimits(limits.address_space_bytes, limits.cpu_seconds_for(timeout_s), processes)
+        )
         job.adopt_and_resume(process.pid)
     except OSError as exc:
-        job.close()
+        if job is not None:
+            job.close()
         process.kill()
         process.wait()
         raise ProgramStartError(" ".join(map(str, process.args)), f"could not put it in its Job Object: {exc}") from exc
