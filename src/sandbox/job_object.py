@@ -1,20 +1,27 @@
 """Windows: a Job Object around every generated program, for what POSIX gets from rlimits and a subreaper.
 
-A Job Object holds the program and everything it starts: Windows puts a child in its parent's job, whatever
-console, process group or window station it asks for, and the job refuses break-away. What Hearth sets on it:
+A Job Object holds the program and the processes it starts in the usual way: Windows puts a child in its parent's
+job, whatever console, process group or window station it asks for, and this job does not allow break-away. What
+Hearth sets on it:
 
-* **kill on close** (``JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE``): the end of the run (``terminate``) ends every process of
-  the job, and so does Hearth's own end, even a crash, since the kernel closes Hearth's handle then;
+* **kill on close** (``JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE``): the end of the run (``terminate``) ends every process
+  in the job, and so does Hearth's own end, even a crash, since the kernel closes Hearth's handle then;
 * **memory per process** (the address-space limit's counterpart: committed memory), **CPU time per process** and
   **the number of processes** at once (``ResourceLimits``), and no Windows Error Reporting dialog when it crashes
   (``DIE_ON_UNHANDLED_EXCEPTION``: a dialog would keep it alive until someone clicks);
-* **UI restrictions**: no reading or writing the clipboard (it may hold a password), no other desktop, no changing
-  system settings or display settings, no logging off, no handles to windows outside the job.
+* **UI restrictions** on the processes in the job: no clipboard, no other desktop, no changing system or display
+  settings, no logging off, no handles to windows outside the job.
 
 The program is created suspended, put in the job, and only then resumed, so that not one instruction of it runs
-outside the job. What a job does *not* do: it does not hide files or block the network. The program runs as the
-user and can read and write what the user can, so Hearth asks before running generated code on Windows (the
-limits-only mode, ``require_containment``).
+outside the job.
+
+What this is for: a runaway or careless program (a fork loop, a leak, a server left running, a crash dialog) is
+limited and ended with everything it started. What it is *not*: a boundary against a hostile program. The job hides
+no file and blocks no network; the program runs as the user, so it can read and write what the user can, and it can
+have processes started outside the job on its behalf (WMI's ``Win32_Process.Create``, the Task Scheduler, an
+out-of-process COM server), which neither the limits nor the UI restrictions nor the final kill reach; it could even
+open Hearth's own process (same user) and take a handle to the job. That is why Hearth asks before running generated
+code on Windows (the limits-only mode, ``require_containment``).
 
 Nothing here can run on Linux: ``tests/security/test_job_object.py`` checks the structures against the Windows SDK's
 sizes and drives the calls against a fake kernel32 (the order: created suspended, assigned, resumed, terminated).
@@ -129,10 +136,17 @@ def extended_limits(limits: JobLimits) -> JOBOBJECT_EXTENDED_LIMIT_INFORMATION:
 
 
 class JobObject:
-    """One run's job. ``kernel32`` and ``ntdll`` are the system's (``ctypes.WinDLL``) unless a test passes others."""
+    """One run's job. ``kernel32`` and ``ntdll`` are the system's (``ctypes.WinDLL``) unless a test passes others
+    (then the error codes come from the given kernel32's ``GetLastError``)."""
 
     def __init__(self, limits: JobLimits, *, kernel32: Any = None, ntdll: Any = None) -> None:
-        self._kernel32 = kernel32 if kernel32 is not None else _windll("kernel32")
+        if kernel32 is None:
+            self._kernel32 = _windll("kernel32")
+            # The error code ctypes saved right after each call (use_last_error): a GetLastError called afterwards
+            # through ctypes could read a code that the interpreter's own calls have overwritten meanwhile.
+            self._last_error_code: Any = ctypes.get_last_error  # type: ignore[attr-defined]  # Windows only
+        else:
+            self._kernel32, self._last_error_code = kernel32, kernel32.GetLastError
         self._ntdll = ntdll if ntdll is not None else _windll("ntdll")
         self._handle = self._kernel32.CreateJobObjectW(None, None)
         if not self._handle:
@@ -181,14 +195,14 @@ class JobObject:
             raise JobObjectError(f"SetInformationJobObject({name})", self._last_error())
 
     def _last_error(self) -> int:
-        return int(self._kernel32.GetLastError())
+        return int(self._last_error_code())
 
 
 def _windll(name: str) -> Any:
     windll = getattr(ctypes, "WinDLL", None)
     if windll is None:
         raise JobObjectError(f"loading {name}.dll (not Windows)", 0)
-    library = windll(name)
+    library = windll(name, use_last_error=True)
     handle, dword = ctypes.c_void_p, ctypes.c_uint32
     signatures = {  # handles are pointer-sized: without these, ctypes would cut them to an int on 64-bit Windows
         "kernel32": {
@@ -199,7 +213,6 @@ def _windll(name: str) -> Any:
             "TerminateProcess": ([handle, ctypes.c_uint], ctypes.c_int),
             "TerminateJobObject": ([handle, ctypes.c_uint], ctypes.c_int),
             "CloseHandle": ([handle], ctypes.c_int),
-            "GetLastError": ([], dword),
         },
         "ntdll": {"NtResumeProcess": ([handle], ctypes.c_long)},
     }[name]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import site
 import sys
+import sysconfig
 from pathlib import Path
 
 _PYTHON_PREFIX_PARTS = ("bin", "lib", "lib64", "pyvenv.cfg")
@@ -30,6 +31,10 @@ def python_parts() -> list[Path]:
     prefixes = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix), executable.parent.parent}
     parts = [prefix / name for prefix in prefixes for name in _PYTHON_PREFIX_PARTS]
     parts.append(executable.parent)
+    if sysconfig.get_config_var("PYTHONFRAMEWORK"):
+        # A macOS framework build (python.org, Homebrew): bin/python3 starts Resources/Python.app, which loads the
+        # framework's library, <prefix>/Python.
+        parts += [Path(sys.base_prefix) / "Resources", Path(sys.base_prefix) / "Python"]
     user_site = site.getusersitepackages()
     if isinstance(user_site, str):
         parts.append(Path(user_site))

@@ -6,12 +6,14 @@ The profile starts from ``(deny default)`` and allows back what a Python program
 *last* rule that matches, which is what the order below relies on:
 
 * **Files**: everything is readable (the dynamic loader, frameworks and caches live all over ``/System``,
-  ``/Library``, ``/private/var/db`` and ``/private/var/folders``), except what is hidden: the user's home folder,
-  Hearth's data folder and database, its install (``.env``), the WareHouse (the other projects), the evolution runs,
-  ``/private/tmp`` and the user's temporary folder. Then the Python that runs the program, its project folder and
-  its own temporary folder are made readable again, after the hiding. Writable: the project folder (unless the
-  caller asks for it read-only: the quality checks, git's work tree), the run's own temporary folder, the extra
-  folders the caller names (git's repository) and a few devices (``/dev/null``...).
+  ``/Library`` and ``/private/var/db``), except what is hidden: the user's home folder, Hearth's data folder and
+  database, its install (``.env``), the WareHouse (the other projects), the evolution runs, ``/private/tmp``,
+  ``/private/var/tmp``, the user's own temporary and cache folders (``/private/var/folders/<xx>/<id>``) and ``/dev``
+  but for ``/dev/null``, ``/dev/zero``, the random devices and the program's own descriptors (``/dev/fd``): no
+  terminal, no disk. Then the Python that runs the program, its project folder and its own temporary folder are
+  made readable again, after the hiding. Writable: the project folder (unless the caller asks for it read-only:
+  the quality checks, git's work tree), the run's own temporary folder, the extra folders the caller names (git's
+  repository) and those devices.
 * **Network**: no rule allows any ``network*`` operation or a socket of any kind: no TCP or UDP, not even to
   127.0.0.1, and no Unix socket by path. Mach services (how a macOS program reaches the keychain, the pasteboard, the
   window server, other apps) are closed except the directory lookup that ``getpwuid`` needs.
@@ -47,9 +49,11 @@ from src.sandbox import paths
 logger = logging.getLogger(__name__)
 
 SANDBOX_EXEC = "/usr/bin/sandbox-exec"  # fixed: a sandbox-exec found through PATH could be anyone's
-# No /dev/tty and no ioctl on devices: a terminal is where keystrokes could be injected (TIOCSTI).
+# /dev is closed but for these and /dev/fd (the program's own descriptors): no /dev/tty or /dev/ttys*, no ioctl on
+# devices (a terminal is where keystrokes could be injected: TIOCSTI), no disks (/dev/disk*, /dev/rdisk*).
 DEVICES = ("/dev/null", "/dev/zero", "/dev/random", "/dev/urandom", "/dev/dtracehelper")
-_PROBE_TIMEOUT_S = 10.0
+_PROBE_TIMEOUT_S = 30.0  # a first start of Python on a Mac can be slow (signature checks)
+_PROBE_PROGRAM = "import multiprocessing, os; multiprocessing.Lock(); os.cpu_count(); print('ok')"
 
 # Everything a Python program needs that is not a file: processes of its own, their signals and information, the
 # sysctls and host calls that os.cpu_count(), platform and numpy use (named: kern.procargs2 would hand it every
@@ -74,6 +78,9 @@ _BASE_RULES = """\
 (allow user-preference-read)
 (allow mach-lookup (global-name "com.apple.system.opendirectoryd.libinfo"))
 (allow file-read*)
+(deny file-read* file-write* (subpath "/dev"))
+(allow file-read-metadata (literal "/dev"))
+(allow file-read* file-write-data (subpath "/dev/fd"))
 """
 
 
@@ -84,16 +91,29 @@ def unavailable_reason() -> str | None:
         return "Seatbelt exists on macOS only"
     if not os.access(SANDBOX_EXEC, os.X_OK):
         return f"{SANDBOX_EXEC} is missing"
-    try:
-        # Fails where Hearth itself already runs in a sandbox (a sandbox cannot be applied inside another).
-        done = subprocess.run(
-            [SANDBOX_EXEC, "-p", "(version 1)(allow default)", "--", "/usr/bin/true"],
-            capture_output=True, text=True, timeout=_PROBE_TIMEOUT_S, check=False,
-        )  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"{SANDBOX_EXEC} could not start: {exc}"
-    if done.returncode != 0:
-        return f"{SANDBOX_EXEC} failed: {(done.stderr.strip() or f'exit code {done.returncode}')[:300]}"
+    return probe()
+
+
+def probe() -> str | None:
+    """Run Python under a profile as a run gets it: None when it works, else why not."""
+    # A real profile, as a run gets it, around what a Python program does first: a profile macOS rejects, a Python
+    # it cannot start or import from, or POSIX semaphores it refuses, each shows here rather than in every run.
+    with tempfile.TemporaryDirectory(prefix="hearth-seatbelt-probe-") as folder:
+        project, private_tmp = Path(folder, "project"), Path(folder, "tmp")
+        project.mkdir()
+        private_tmp.mkdir()
+        command = wrap([sys.executable, "-I", "-c", _PROBE_PROGRAM], project=project, private_tmp=private_tmp, hidden=[])
+        try:
+            # Also fails where Hearth itself already runs in a sandbox (a sandbox cannot be applied inside another).
+            done = subprocess.run(
+                command, cwd=project, env={"HOME": str(private_tmp), "TMPDIR": str(private_tmp), "PATH": os.defpath},
+                capture_output=True, text=True, timeout=_PROBE_TIMEOUT_S, check=False,
+            )  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"{SANDBOX_EXEC} could not start: {exc}"
+    if done.returncode != 0 or done.stdout.strip() != "ok":
+        detail = done.stderr.strip().splitlines()[-1:] or [f"exit code {done.returncode}"]
+        return f"Python does not run under {SANDBOX_EXEC} with Hearth's profile: {detail[0][:300]}"
     return None
 
 
@@ -141,7 +161,8 @@ def profile_and_parameters(
             names.append(f'({matcher} (param "{name}"))')
         return " ".join(names)
 
-    to_hide = [*paths.home_folders(), *hidden, Path("/private/tmp"), Path("/tmp"), Path(tempfile.gettempdir())]
+    to_hide = [*paths.home_folders(), *hidden, Path("/private/tmp"), Path("/tmp"), Path("/private/var/tmp"),
+               *user_temporary_roots()]
     hidden_real = _unique_real(to_hide)
     readable = _unique_real([*paths.python_parts(), project, private_tmp, *writable])
     writable_real = _unique_real([*([] if read_only_project else [project]), private_tmp, *writable])
@@ -168,6 +189,26 @@ def profile_and_parameters(
     devices = " ".join(f'(literal "{device}")' for device in DEVICES)
     rules.append(f"(allow file-read* file-write-data {devices})")
     return "\n".join(rules) + "\n", parameters
+
+
+def user_temporary_roots() -> list[Path]:
+    """The user's temporary folders: the per-user folder under ``/private/var/folders`` whose ``T`` (temporary
+    files: other runs, other apps' downloads) and ``C`` (caches, some apps' tokens) are private to the user, and
+    whatever ``tempfile`` uses when it is elsewhere (``TMPDIR``)."""
+    candidates = [tempfile.gettempdir()]
+    for name in ("CS_DARWIN_USER_TEMP_DIR", "CS_DARWIN_USER_CACHE_DIR"):
+        if name in getattr(os, "confstr_names", {}):
+            try:
+                candidates.append(os.confstr(name) or "")
+            except (OSError, ValueError):
+                pass
+    roots = []
+    for candidate in filter(None, candidates):
+        parts = Path(os.path.realpath(candidate)).parts
+        # /private/var/folders/<two letters>/<id>/{T,C,0}: hide the whole <id> folder, not only T
+        per_user = parts[:4] == ("/", "private", "var", "folders") and len(parts) >= 6
+        roots.append(Path(*parts[:6]) if per_user else Path(*parts))
+    return roots
 
 
 def _unique_real(folders: Sequence[Path]) -> list[str]:

@@ -9,7 +9,7 @@ import ctypes
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -164,3 +164,59 @@ def test_run_program_ends_a_program_whose_job_failed(tmp_path: Path, monkeypatch
     with pytest.raises(ProgramStartError, match="could not put it in its Job Object"):
         sandbox._windows_job(process, sandbox.ResourceLimits(), timeout_s=10)
     assert process.poll() is not None  # ended and reaped
+
+
+def test_a_program_interrupted_before_its_job_took_it_is_ended_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    closed: list[bool] = []
+
+    class InterruptedJob:
+        def __init__(self, limits: JobLimits) -> None:
+            pass
+
+        def adopt_and_resume(self, pid: int) -> None:
+            raise KeyboardInterrupt  # Ctrl+C at the worst moment
+
+        def close(self) -> None:
+            closed.append(True)
+
+    monkeypatch.setattr(job_object, "JobObject", InterruptedJob)
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    with pytest.raises(KeyboardInterrupt):
+        sandbox._windows_job(process, sandbox.ResourceLimits(), timeout_s=10)
+    assert process.poll() is not None and closed == [True]
+
+
+def test_on_windows_the_program_starts_suspended_in_a_group_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sandbox, "_IS_WINDOWS", True)
+    suspended = job_object.CREATE_NEW_PROCESS_GROUP | job_object.CREATE_SUSPENDED
+    assert sandbox._group_options(suspended=True) == {"creationflags": suspended}
+    assert sandbox._group_options() == {"creationflags": job_object.CREATE_NEW_PROCESS_GROUP}  # git, the checks
+
+
+class FakeWinDLL:
+    """Stands for ctypes.WinDLL: a library whose functions are plain objects that keep their argtypes/restype."""
+
+    loaded: ClassVar[list[tuple[str, bool]]] = []
+
+    def __init__(self, name: str, use_last_error: bool = False) -> None:
+        FakeWinDLL.loaded.append((name, use_last_error))
+        self.functions: dict[str, Any] = {}
+
+    def __getattr__(self, function: str) -> Any:
+        if function.startswith("__"):
+            raise AttributeError(function)
+        return self.functions.setdefault(function, type("Function", (), {})())
+
+
+def test_the_system_libraries_get_pointer_sized_handles_and_keep_their_error_codes(monkeypatch: pytest.MonkeyPatch) -> None:
+    FakeWinDLL.loaded = []
+    monkeypatch.setattr(ctypes, "WinDLL", FakeWinDLL, raising=False)
+    kernel32 = job_object._windll("kernel32")
+    ntdll = job_object._windll("ntdll")
+    assert FakeWinDLL.loaded == [("kernel32", True), ("ntdll", True)]  # errors read with ctypes.get_last_error
+    for function in ("CreateJobObjectW", "OpenProcess"):  # handles come back whole on 64-bit Windows
+        assert kernel32.functions[function].restype is ctypes.c_void_p, function
+    for function in ("AssignProcessToJobObject", "TerminateJobObject", "CloseHandle", "SetInformationJobObject"):
+        assert kernel32.functions[function].argtypes[0] is ctypes.c_void_p, function
+    assert ntdll.functions["NtResumeProcess"].argtypes == [ctypes.c_void_p]
+    assert ntdll.functions["NtResumeProcess"].restype is ctypes.c_long  # an NTSTATUS: negative means failure

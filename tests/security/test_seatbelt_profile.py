@@ -161,6 +161,38 @@ def test_the_program_reads_and_writes_its_project_and_nothing_private(layout: di
     assert not can("file-write-create", PROJECT_ROOT / "src" / "settings.py")
     assert not can("file-write-data", "/dev/tty")  # keystrokes into the user's terminal
 
+    def can_use(device: str) -> bool:  # macOS's paths as they are (realpath here would follow Linux's /dev links)
+        return all(decide(forms, parameters, operation, device) == "allow" for operation in ("file-read-data", "file-write-data"))
+
+    for device in ("/dev/ttys000", "/dev/tty", "/dev/disk0", "/dev/rdisk1", "/dev/bpf0", "/dev/pf"):
+        assert decide(forms, parameters, "file-read-data", device) == "deny", device
+        assert decide(forms, parameters, "file-write-data", device) == "deny", device
+    # /dev/fd lists the program's own descriptors only (subprocess reads it to close them before an exec)
+    assert all(can_use(device) for device in ("/dev/null", "/dev/urandom", "/dev/fd/1"))
+    assert decide(forms, parameters, "file-read-metadata", "/dev") == "allow"  # stat("/dev"), not its listing
+    assert decide(forms, parameters, "file-read-data", "/dev") == "deny"
+
+
+def test_the_users_temporary_and_cache_folders_are_hidden(layout: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    # macOS gives each user /private/var/folders/<xx>/<id>/ with T (temporary files) and C (caches) in it
+    per_user = layout["run_tmp"].parent / "private" / "var" / "folders" / "zz" / "abc123"
+    (per_user / "T").mkdir(parents=True)
+    monkeypatch.setattr(seatbelt.tempfile, "gettempdir", lambda: str(per_user / "T"))
+    monkeypatch.setattr(seatbelt, "user_temporary_roots", lambda: [per_user])
+    forms, parameters = judged(layout)
+    for private in (per_user / "T" / "other-download.zip", per_user / "C" / "com.apple.token", per_user / "0" / "x",
+                    "/private/var/tmp/other-app.log"):  # fmt: skip
+        assert decide(forms, parameters, "file-read-data", real(private)) == "deny", private
+    assert decide(forms, parameters, "file-write-data", real(layout["run_tmp"] / "x")) == "allow"
+
+
+def test_the_per_user_folder_is_found_from_the_temporary_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(seatbelt.tempfile, "gettempdir", lambda: "/private/var/folders/zz/abc123/T")
+    monkeypatch.setattr(seatbelt.os, "confstr_names", {}, raising=False)
+    assert seatbelt.user_temporary_roots() == [Path("/private/var/folders/zz/abc123")]
+    monkeypatch.setattr(seatbelt.tempfile, "gettempdir", lambda: "/Volumes/scratch/tmp")  # TMPDIR set elsewhere
+    assert seatbelt.user_temporary_roots() == [Path("/Volumes/scratch/tmp")]
+
 
 def test_no_network_no_keychain_no_other_process(layout: dict[str, Path]) -> None:
     forms, parameters = judged(layout)
@@ -219,6 +251,39 @@ def test_a_hostile_folder_name_stays_a_file_name(layout: dict[str, Path]) -> Non
     assert arguments[:3] == [seatbelt.SANDBOX_EXEC, "-p", profile]
     assert arguments[-3:] == ["--", "python3", "main.py"]
     assert f"WRITE_0={real(hostile)}" in arguments
+
+
+# --- the availability probe -------------------------------------------------------------------------------------
+
+
+def _fake_sandbox_exec(tmp_path: Path, body: str) -> str:
+    script = tmp_path / "fake-sandbox-exec"
+    script.write_text("#!/bin/sh\n" + body)
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_the_probe_runs_python_under_a_real_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = tmp_path / "call"
+    runs_it = f"printf '%s\\0' \"$@\" > {shlex.quote(str(log))}\n" + \
+        'while [ "$#" -gt 0 ] && [ "$1" != "--" ]; do shift; done\nshift\nexec "$@"\n'
+    monkeypatch.setattr(seatbelt, "SANDBOX_EXEC", _fake_sandbox_exec(tmp_path, runs_it))
+    assert seatbelt.probe() is None
+    call = log.read_text().split("\0")
+    assert call[0] == "-p" and "(deny default)" in call[1]  # the profile a run gets, not (allow default)
+    assert call[call.index("--") + 1 :][:2] == [sys.executable, "-I"]
+
+
+def test_a_profile_macos_rejects_makes_the_mode_unavailable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rejects = "echo 'sandbox-exec: unbound variable: ipc-posix-sem' >&2\nexit 65\n"
+    monkeypatch.setattr(seatbelt, "SANDBOX_EXEC", _fake_sandbox_exec(tmp_path, rejects))
+    assert seatbelt.probe() == (
+        f"Python does not run under {seatbelt.SANDBOX_EXEC} with Hearth's profile: "
+        "sandbox-exec: unbound variable: ipc-posix-sem"
+    )
+    silent_failure = 'echo "Traceback"; exit 0\n'  # exits 0 without having run Python
+    monkeypatch.setattr(seatbelt, "SANDBOX_EXEC", _fake_sandbox_exec(tmp_path, silent_failure))
+    assert seatbelt.probe() is not None
 
 
 # --- choosing the mode -----------------------------------------------------------------------------------------------
@@ -303,3 +368,59 @@ def test_analyzers_and_git_run_inside_the_profile_too(fake_sandbox_exec: Path, l
         assert real(project) not in writable, call  # read-only project for both
     assert real(git_dir) in [item.split("=", 1)[1] for item in git_call if item.startswith("WRITE_")]
     assert analyzer_call[analyzer_call.index("--") + 1 :][1:4] == ["-I", "-m", "ruff"]
+
+
+# --- the rest of the macOS specifics -----------------------------------------------------------------------------
+
+
+def test_git_is_the_developer_tools_git_not_the_xcrun_shim(fake_sandbox_exec: Path, layout: dict[str, Path],
+                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    real_git = sandbox.shutil.which("git")
+    if real_git is None:
+        pytest.skip("git is not installed")
+    monkeypatch.setattr(sandbox, "_IS_MACOS", True)
+    which = sandbox.shutil.which
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name, *a, **k: "/usr/bin/git" if name == "git" else which(name, *a, **k))
+    monkeypatch.setattr(sandbox, "_xcrun_git", lambda: real_git)  # what `xcrun --find git` answers
+    done = sandbox.run_git(["init", "--quiet"], git_dir=tmp_path / "repository.git", work_tree=layout["project"], timeout_s=30)
+    assert done.exit_code == 0, done.stderr
+    (call,) = _calls(fake_sandbox_exec)
+    assert call[call.index("--") + 1] == real_git  # resolved outside the sandbox, where xcrun's caches are readable
+
+
+def test_git_gets_its_own_temporary_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, str] = {}
+
+    def record(command: list[str], **options: object) -> object:
+        seen.update(options["env"])  # type: ignore[arg-type]
+        return sandbox.subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(sandbox.subprocess, "run", record)
+    sandbox.run_git(["status"], git_dir=tmp_path / "g", work_tree=tmp_path, timeout_s=5, sandbox=SANDBOX_RLIMITS)
+    assert seen["TMPDIR"] == seen["HOME"] != os.environ.get("TMPDIR")  # not the user's (hidden) temporary folder
+
+
+def test_on_macos_the_number_of_processes_is_limited_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sandbox, "_IS_MACOS", True)
+    monkeypatch.setattr(sandbox, "_IS_LINUX", False)
+    monkeypatch.setattr(sandbox.os, "getuid", lambda: 501)
+    listing = "  501\n    0\n  501\n  88\n  501\n"  # `ps -A -o uid=`: three processes of user 501
+
+    def fake_ps(command: list[str], **options: object) -> object:
+        assert command == ["/bin/ps", "-A", "-o", "uid="]
+        return sandbox.subprocess.CompletedProcess(command, 0, listing, "")
+
+    monkeypatch.setattr(sandbox.subprocess, "run", fake_ps)
+    arguments = sandbox._limit_arguments(sandbox.ResourceLimits(max_new_processes=64), 10, None)
+    assert "NPROC=67" in arguments  # the user's 3 processes + 64 new ones
+    assert not any(argument.startswith("AS=") for argument in arguments)  # macOS ignores RLIMIT_AS
+
+
+def test_a_framework_python_brings_its_app_and_library(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    framework = tmp_path / "Python.framework" / "Versions" / "3.12"
+    (framework / "Resources" / "Python.app" / "Contents" / "MacOS").mkdir(parents=True)
+    (framework / "Python").write_text("the framework's library")
+    monkeypatch.setattr(paths.sys, "base_prefix", str(framework))
+    monkeypatch.setattr(paths.sysconfig, "get_config_var", lambda name: "Python" if name == "PYTHONFRAMEWORK" else None)
+    parts = paths.python_parts()
+    assert (framework / "Resources").resolve() in parts and (framework / "Python").resolve() in parts

@@ -35,8 +35,9 @@ Everything else that touches a project goes through here too, and executes none 
 
 Windows: no rlimits and no subreaper; a Job Object instead (``src/sandbox/job_object.py``): the program is started
 suspended in a new process group, put in a job of its own (memory, CPU time and process limits, UI restrictions,
-kill on close) and resumed; the end of the run terminates the job, so every process it started ends with it
-(``taskkill /F /T`` stays as a second try). The timeout, the output bound, the disk watch and the minimal
+kill on close) and resumed; the end of the run terminates the job, so the processes it started the usual way end
+with it (``taskkill /F /T`` stays as a second try). A process it has started for it outside the job (WMI, the Task
+Scheduler) is not limited or ended: the job stops runaways, not a hostile program. The timeout, the output bound, the disk watch and the minimal
 environment apply as everywhere. macOS: the POSIX limits (the kernel ignores RLIMIT_AS there) and the process group;
 no subreaper exists, so a descendant that leaves the group and outlives its parent is not found (it keeps the
 Seatbelt profile).
@@ -48,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import math
 import os
@@ -372,6 +374,7 @@ def run_git(
             "PATH": os.environ.get("PATH", os.defpath),
             "LANG": "C.UTF-8",
             "HOME": home,
+            "TMPDIR": home,  # the user's own temporary folder is hidden in Seatbelt
             "XDG_CONFIG_HOME": home,
             "GIT_CONFIG_NOSYSTEM": "1",
             "GIT_CONFIG_GLOBAL": os.devnull,
@@ -379,7 +382,7 @@ def run_git(
             "GIT_DIR": str(git_dir),
             "GIT_WORK_TREE": str(work_tree),
         }
-        command = ["git", *_GIT_SAFETY, *arguments]
+        command = [_git_executable(), *_GIT_SAFETY, *arguments]
         command = _contained(mode, bwrap, command, environment, project=work_tree, private_tmp=Path(home),
                              read_only=True, writable=[git_dir])  # fmt: skip
         try:
@@ -390,6 +393,23 @@ def run_git(
         except (OSError, subprocess.TimeoutExpired) as exc:
             return ToolResult(None, "", str(exc))
     return ToolResult(done.returncode, done.stdout, done.stderr)
+
+
+def _git_executable() -> str:
+    """git by its absolute path, as found outside any sandbox. On macOS ``/usr/bin/git`` is a shim that asks xcrun
+    for the developer tools' git, through caches that Seatbelt hides: the real git is looked up once, here."""
+    found = shutil.which("git") or "git"
+    return (_xcrun_git() or found) if _IS_MACOS and found == "/usr/bin/git" else found
+
+
+@functools.cache
+def _xcrun_git() -> str | None:
+    try:
+        done = subprocess.run(["/usr/bin/xcrun", "--find", "git"], capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = done.stdout.strip()
+    return found if done.returncode == 0 and os.path.isabs(found) and os.access(found, os.X_OK) else None
 
 
 def nested_repositories(work_tree: Path, *, limit: int = 5) -> list[str]:
@@ -539,7 +559,7 @@ def sandbox_description(mode: str) -> str:
             "only the project folder and its own temporary folder; no network; cannot signal or inspect other "
             "processes; limits"
         )
-    limits = "a Job Object: memory, CPU time and process limits, every process ended" if _IS_WINDOWS else "limits"
+    limits = "a Job Object: memory, CPU time and process limits, the processes in it ended" if _IS_WINDOWS else "limits"
     return f"limits only (no operating-system sandbox; {limits}): the program could read your files and use the network"
 
 
@@ -879,7 +899,7 @@ def _limit_arguments(limits: ResourceLimits, timeout_s: float, bwrap: Bubblewrap
         arguments.append("CORE=0")
     if limits.open_files is not None:
         arguments.append(f"NOFILE={int(limits.open_files)}")
-    if limits.max_new_processes is not None and _IS_LINUX and os.getuid() != 0:  # the kernel exempts root
+    if limits.max_new_processes is not None and (_IS_LINUX or _IS_MACOS) and os.getuid() != 0:  # root is exempt
         arguments.append(f"NPROC={_process_limit(limits.max_new_processes, bwrap)}")
     return arguments
 
@@ -895,7 +915,15 @@ def _process_limit(new_processes: int, bwrap: Bubblewrap | None) -> int:
 
 
 def _user_task_count() -> int:
+    """What RLIMIT_NPROC is compared with: the user's tasks (threads too) on Linux, the user's processes on macOS."""
     uid = os.getuid()
+    if _IS_MACOS:
+        try:
+            listing = subprocess.run(["/bin/ps", "-A", "-o", "uid="], capture_output=True, text=True, timeout=30,
+                                     check=True).stdout  # fmt: skip
+        except (OSError, subprocess.SubprocessError):
+            return _MACOS_PROCESSES_PER_USER_FALLBACK
+        return sum(1 for line in listing.split() if line == str(uid))
     tasks = 0
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -911,6 +939,11 @@ def _user_task_count() -> int:
         except ValueError:
             continue
     return tasks
+
+
+# When ps cannot count: above macOS's default per-user maximum (kern.maxprocperuid), so the limit is left as the
+# system's rather than set below what the user already runs (which would stop the program's first fork).
+_MACOS_PROCESSES_PER_USER_FALLBACK = 4096
 
 
 def _kernel_at_least(major: int, minor: int) -> bool:
@@ -937,12 +970,14 @@ def _windows_job(process: subprocess.Popen[bytes], limits: ResourceLimits, timeo
             job_object.JobLimits(limits.address_space_bytes, limits.cpu_seconds_for(timeout_s), processes)
         )
         job.adopt_and_resume(process.pid)
-    except OSError as exc:
+    except BaseException as exc:  # a KeyboardInterrupt too: a suspended program must not be left behind
+        process.kill()
         if job is not None:
             job.close()
-        process.kill()
         process.wait()
-        raise ProgramStartError(" ".join(map(str, process.args)), f"could not put it in its Job Object: {exc}") from exc
+        if isinstance(exc, OSError):
+            raise ProgramStartError(" ".join(map(str, process.args)), f"could not put it in its Job Object: {exc}") from exc
+        raise
     return job
 
 
