@@ -156,7 +156,7 @@ class JobObject:
             self._set("JobObjectExtendedLimitInformation", JOB_OBJECT_EXTENDED_LIMIT_INFORMATION, info)
             ui = JOBOBJECT_BASIC_UI_RESTRICTIONS(UI_RESTRICTIONS)
             self._set("JobObjectBasicUIRestrictions", JOB_OBJECT_BASIC_UI_RESTRICTIONS, ui)
-        except JobObjectError:
+        except BaseException:  # a KeyboardInterrupt too: no job handle is left open
             self.close()
             raise
 

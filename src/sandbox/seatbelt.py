@@ -34,7 +34,6 @@ evaluates the rules with SBPL's last-match semantics); the mode itself has not r
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import subprocess
@@ -51,7 +50,10 @@ logger = logging.getLogger(__name__)
 SANDBOX_EXEC = "/usr/bin/sandbox-exec"  # fixed: a sandbox-exec found through PATH could be anyone's
 # /dev is closed but for these and /dev/fd (the program's own descriptors): no /dev/tty or /dev/ttys*, no ioctl on
 # devices (a terminal is where keystrokes could be injected: TIOCSTI), no disks (/dev/disk*, /dev/rdisk*).
-DEVICES = ("/dev/null", "/dev/zero", "/dev/random", "/dev/urandom", "/dev/dtracehelper")
+DEVICES = (
+    "/dev/null", "/dev/zero", "/dev/random", "/dev/urandom", "/dev/dtracehelper", "/dev/stdin", "/dev/stdout",
+    "/dev/stderr",
+)  # fmt: skip
 _PROBE_TIMEOUT_S = 30.0  # a first start of Python on a Mac can be slow (signature checks)
 _PROBE_PROGRAM = "import multiprocessing, os; multiprocessing.Lock(); os.cpu_count(); print('ok')"
 
@@ -78,43 +80,65 @@ _BASE_RULES = """\
 (allow user-preference-read)
 (allow mach-lookup (global-name "com.apple.system.opendirectoryd.libinfo"))
 (allow file-read*)
+"""
+# After the hidden and readable folders (a Python whose prefix were "/" must not reopen /dev), before the devices.
+# /dev/stdin, /dev/stdout and /dev/stderr are links into /dev/fd: following one needs its own metadata.
+_DEVICE_RULES = """\
 (deny file-read* file-write* (subpath "/dev"))
 (allow file-read-metadata (literal "/dev"))
 (allow file-read* file-write-data (subpath "/dev/fd"))
+(allow file-read* (literal "/dev/autofs_nowait"))
 """
 
 
-@functools.cache
-def unavailable_reason() -> str | None:
-    """Why the Seatbelt mode cannot run here, or None when it can (probed once per process)."""
+def unavailable_reason(hidden: Sequence[Path] = ()) -> str | None:
+    """Why the Seatbelt mode cannot run here, or None when it can. ``hidden`` as for ``wrap``: the probe runs under
+    the profile a run gets. Probed once per process, unless the probe itself could not finish (a timeout on a busy
+    machine): that is tried again next time rather than taken as the answer for the whole session."""
+    key = tuple(hidden)
+    if key not in _probed:
+        reason, lasting = _unavailable_reason(key)
+        if not lasting:
+            logger.warning("Seatbelt probe did not finish (%s); trying again at the next run", reason)
+            return reason
+        _probed[key] = reason
+    return _probed[key]
+
+
+_probed: dict[tuple[Path, ...], str | None] = {}
+
+
+def _unavailable_reason(hidden: tuple[Path, ...]) -> tuple[str | None, bool]:
     if sys.platform != "darwin":
-        return "Seatbelt exists on macOS only"
+        return "Seatbelt exists on macOS only", True
     if not os.access(SANDBOX_EXEC, os.X_OK):
-        return f"{SANDBOX_EXEC} is missing"
-    return probe()
+        return f"{SANDBOX_EXEC} is missing", True
+    return probe(hidden)
 
 
-def probe() -> str | None:
-    """Run Python under a profile as a run gets it: None when it works, else why not."""
-    # A real profile, as a run gets it, around what a Python program does first: a profile macOS rejects, a Python
-    # it cannot start or import from, or POSIX semaphores it refuses, each shows here rather than in every run.
-    with tempfile.TemporaryDirectory(prefix="hearth-seatbelt-probe-") as folder:
-        project, private_tmp = Path(folder, "project"), Path(folder, "tmp")
-        project.mkdir()
-        private_tmp.mkdir()
-        command = wrap([sys.executable, "-I", "-c", _PROBE_PROGRAM], project=project, private_tmp=private_tmp, hidden=[])
-        try:
-            # Also fails where Hearth itself already runs in a sandbox (a sandbox cannot be applied inside another).
+def probe(hidden: Sequence[Path] = ()) -> tuple[str | None, bool]:
+    """Run Python under a profile as a run gets it: (None, True) when it works, else (why not, whether that answer
+    lasts: False for a probe that timed out or could not start)."""
+    # A profile macOS rejects, a Python it cannot start or import from, or POSIX semaphores it refuses: each shows
+    # here rather than in every run. Also fails where Hearth itself already runs in a sandbox (a sandbox cannot be
+    # applied inside another).
+    try:
+        with tempfile.TemporaryDirectory(prefix="hearth-seatbelt-probe-") as folder:
+            project, private_tmp = Path(folder, "project"), Path(folder, "tmp")
+            project.mkdir()
+            private_tmp.mkdir()
+            command = wrap([sys.executable, "-I", "-c", _PROBE_PROGRAM], project=project, private_tmp=private_tmp,
+                           hidden=hidden)  # fmt: skip
             done = subprocess.run(
                 command, cwd=project, env={"HOME": str(private_tmp), "TMPDIR": str(private_tmp), "PATH": os.defpath},
-                capture_output=True, text=True, timeout=_PROBE_TIMEOUT_S, check=False,
+                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=_PROBE_TIMEOUT_S, check=False,
             )  # fmt: skip
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return f"{SANDBOX_EXEC} could not start: {exc}"
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{SANDBOX_EXEC} could not start or finish: {exc}", False
     if done.returncode != 0 or done.stdout.strip() != "ok":
         detail = done.stderr.strip().splitlines()[-1:] or [f"exit code {done.returncode}"]
-        return f"Python does not run under {SANDBOX_EXEC} with Hearth's profile: {detail[0][:300]}"
-    return None
+        return f"Python does not run under {SANDBOX_EXEC} with Hearth's profile: {detail[0][:300]}", True
+    return None, True
 
 
 def wrap(
@@ -183,6 +207,7 @@ def profile_and_parameters(
     for folder, kind in layered:
         rule("deny" if kind == "HIDDEN" else "allow", "file-read*", kind, [folder])
     rule("allow", "file-read-metadata", "ANCESTOR", ancestors, "literal")
+    rules.append(_DEVICE_RULES.rstrip("\n"))
     rule("allow", "file-write*", "WRITE", writable_real)
     rule("deny", "file-write*", "HIDDEN_INSIDE_WRITABLE",
          [h for h in hidden_real if any(h != w and Path(h).is_relative_to(w) for w in writable_real)])  # fmt: skip
@@ -192,14 +217,14 @@ def profile_and_parameters(
 
 
 def user_temporary_roots() -> list[Path]:
-    """The user's temporary folders: the per-user folder under ``/private/var/folders`` whose ``T`` (temporary
-    files: other runs, other apps' downloads) and ``C`` (caches, some apps' tokens) are private to the user, and
-    whatever ``tempfile`` uses when it is elsewhere (``TMPDIR``)."""
+    """The user's temporary folders: the per-user folder under ``/private/var/folders`` (``T``: temporary files,
+    other runs', other apps' downloads; ``C``: caches, some apps' tokens; ``0``), asked of the system whatever
+    TMPDIR says, and what ``tempfile`` uses when it is elsewhere."""
     candidates = [tempfile.gettempdir()]
-    for name in ("CS_DARWIN_USER_TEMP_DIR", "CS_DARWIN_USER_CACHE_DIR"):
-        if name in getattr(os, "confstr_names", {}):
+    if sys.platform == "darwin":
+        for number in _DARWIN_USER_FOLDERS:  # not in Python's os.confstr_names: asked by number
             try:
-                candidates.append(os.confstr(name) or "")
+                candidates.append(os.confstr(number) or "")
             except (OSError, ValueError):
                 pass
     roots = []
@@ -208,7 +233,11 @@ def user_temporary_roots() -> list[Path]:
         # /private/var/folders/<two letters>/<id>/{T,C,0}: hide the whole <id> folder, not only T
         per_user = parts[:4] == ("/", "private", "var", "folders") and len(parts) >= 6
         roots.append(Path(*parts[:6]) if per_user else Path(*parts))
-    return roots
+    return list(dict.fromkeys(roots))
+
+
+# <unistd.h>: _CS_DARWIN_USER_DIR, _CS_DARWIN_USER_TEMP_DIR, _CS_DARWIN_USER_CACHE_DIR
+_DARWIN_USER_FOLDERS = (65536, 65537, 65538)
 
 
 def _unique_real(folders: Sequence[Path]) -> list[str]:

@@ -220,3 +220,49 @@ def test_the_system_libraries_get_pointer_sized_handles_and_keep_their_error_cod
         assert kernel32.functions[function].argtypes[0] is ctypes.c_void_p, function
     assert ntdll.functions["NtResumeProcess"].argtypes == [ctypes.c_void_p]
     assert ntdll.functions["NtResumeProcess"].restype is ctypes.c_long  # an NTSTATUS: negative means failure
+
+
+def test_a_program_that_cannot_be_killed_still_has_its_job_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    closed: list[bool] = []
+
+    class FailingJob:
+        def __init__(self, limits: JobLimits) -> None:
+            pass
+
+        def adopt_and_resume(self, pid: int) -> None:
+            raise JobObjectError("NtResumeProcess", 0xC0000001)
+
+        def close(self) -> None:
+            closed.append(True)
+
+    monkeypatch.setattr(job_object, "JobObject", FailingJob)
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    real_kill = process.kill
+
+    def refusing_kill() -> None:
+        raise PermissionError("access denied")
+
+    monkeypatch.setattr(process, "kill", refusing_kill)
+    monkeypatch.setattr(sandbox, "_KILL_GRACE_S", 0.05)  # how long it waits for a process that will not end
+    try:
+        with pytest.raises(ProgramStartError, match="NtResumeProcess"):  # the cause, not the kill's error
+            sandbox._windows_job(process, sandbox.ResourceLimits(), timeout_s=0.1)
+        assert closed == [True]  # the job's kill-on-close, the second guarantee, still ran
+    finally:
+        real_kill()
+        process.wait()
+
+
+def test_error_codes_are_those_ctypes_saved_after_each_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    class RefusingWinDLL(FakeWinDLL):
+        def __getattr__(self, function: str) -> Any:
+            found = super().__getattr__(function)
+            if function == "CreateJobObjectW":
+                type(found).__call__ = lambda self, *arguments: None  # NULL: failed
+            return found
+
+    monkeypatch.setattr(ctypes, "WinDLL", RefusingWinDLL, raising=False)
+    monkeypatch.setattr(ctypes, "get_last_error", lambda: 1455, raising=False)  # ERROR_COMMITMENT_LIMIT
+    with pytest.raises(JobObjectError) as raised:
+        JobObject(LIMITS)
+    assert (raised.value.call, raised.value.code) == ("CreateJobObjectW", 1455)

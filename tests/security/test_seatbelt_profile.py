@@ -168,9 +168,18 @@ def test_the_program_reads_and_writes_its_project_and_nothing_private(layout: di
         assert decide(forms, parameters, "file-read-data", device) == "deny", device
         assert decide(forms, parameters, "file-write-data", device) == "deny", device
     # /dev/fd lists the program's own descriptors only (subprocess reads it to close them before an exec)
-    assert all(can_use(device) for device in ("/dev/null", "/dev/urandom", "/dev/fd/1"))
+    assert all(can_use(device) for device in ("/dev/null", "/dev/urandom", "/dev/fd/1", "/dev/stdout", "/dev/stderr"))
+    assert decide(forms, parameters, "file-read-metadata", "/dev/stdin") == "allow"  # a link into /dev/fd
     assert decide(forms, parameters, "file-read-metadata", "/dev") == "allow"  # stat("/dev"), not its listing
     assert decide(forms, parameters, "file-read-data", "/dev") == "deny"
+
+
+def test_devices_stay_closed_even_under_a_python_installed_at_the_root(layout: dict[str, Path],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    monkeypatch.setattr(paths, "python_parts", lambda: [Path("/")])  # readable: the whole disk, so /dev too
+    forms, parameters = judged(layout)
+    assert decide(forms, parameters, "file-write-data", "/dev/ttys000") == "deny"
+    assert decide(forms, parameters, "file-read-data", "/dev/disk0") == "deny"
 
 
 def test_the_users_temporary_and_cache_folders_are_hidden(layout: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -186,12 +195,15 @@ def test_the_users_temporary_and_cache_folders_are_hidden(layout: dict[str, Path
     assert decide(forms, parameters, "file-write-data", real(layout["run_tmp"] / "x")) == "allow"
 
 
-def test_the_per_user_folder_is_found_from_the_temporary_folder(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(seatbelt.tempfile, "gettempdir", lambda: "/private/var/folders/zz/abc123/T")
-    monkeypatch.setattr(seatbelt.os, "confstr_names", {}, raising=False)
-    assert seatbelt.user_temporary_roots() == [Path("/private/var/folders/zz/abc123")]
+def test_the_per_user_folder_is_asked_of_the_system_whatever_tmpdir_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    folders = {65536: "/var/folders/zz/abc123/0/", 65537: "/var/folders/zz/abc123/T/", 65538: "/var/folders/zz/abc123/C/"}
+    monkeypatch.setattr(seatbelt.sys, "platform", "darwin")
+    monkeypatch.setattr(seatbelt.os, "confstr", lambda number: folders[number])
+    monkeypatch.setattr(seatbelt.os.path, "realpath", lambda path: "/private" + path if path.startswith("/var/") else path)
     monkeypatch.setattr(seatbelt.tempfile, "gettempdir", lambda: "/Volumes/scratch/tmp")  # TMPDIR set elsewhere
-    assert seatbelt.user_temporary_roots() == [Path("/Volumes/scratch/tmp")]
+    assert seatbelt.user_temporary_roots() == [Path("/Volumes/scratch/tmp"), Path("/private/var/folders/zz/abc123")]
+    monkeypatch.setattr(seatbelt.tempfile, "gettempdir", lambda: "/var/folders/zz/abc123/T")
+    assert seatbelt.user_temporary_roots() == [Path("/private/var/folders/zz/abc123")]
 
 
 def test_no_network_no_keychain_no_other_process(layout: dict[str, Path]) -> None:
@@ -268,9 +280,11 @@ def test_the_probe_runs_python_under_a_real_profile(tmp_path: Path, monkeypatch:
     runs_it = f"printf '%s\\0' \"$@\" > {shlex.quote(str(log))}\n" + \
         'while [ "$#" -gt 0 ] && [ "$1" != "--" ]; do shift; done\nshift\nexec "$@"\n'
     monkeypatch.setattr(seatbelt, "SANDBOX_EXEC", _fake_sandbox_exec(tmp_path, runs_it))
-    assert seatbelt.probe() is None
+    secret = tmp_path / "hearth-data"
+    assert seatbelt.probe([secret]) == (None, True)
     call = log.read_text().split("\0")
     assert call[0] == "-p" and "(deny default)" in call[1]  # the profile a run gets, not (allow default)
+    assert any(item.startswith("HIDDEN_") and item.endswith(f"={real(secret)}") for item in call)  # hidden as in a run
     assert call[call.index("--") + 1 :][:2] == [sys.executable, "-I"]
 
 
@@ -279,11 +293,20 @@ def test_a_profile_macos_rejects_makes_the_mode_unavailable(tmp_path: Path, monk
     monkeypatch.setattr(seatbelt, "SANDBOX_EXEC", _fake_sandbox_exec(tmp_path, rejects))
     assert seatbelt.probe() == (
         f"Python does not run under {seatbelt.SANDBOX_EXEC} with Hearth's profile: "
-        "sandbox-exec: unbound variable: ipc-posix-sem"
-    )
+        "sandbox-exec: unbound variable: ipc-posix-sem", True,
+    )  # fmt: skip
     silent_failure = 'echo "Traceback"; exit 0\n'  # exits 0 without having run Python
     monkeypatch.setattr(seatbelt, "SANDBOX_EXEC", _fake_sandbox_exec(tmp_path, silent_failure))
-    assert seatbelt.probe() is not None
+    assert seatbelt.probe()[0] is not None
+
+
+def test_a_probe_that_timed_out_is_tried_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    answers = iter([("could not finish: timed out", False), (None, True)])
+    monkeypatch.setattr(seatbelt, "_unavailable_reason", lambda hidden: next(answers))
+    monkeypatch.setattr(seatbelt, "_probed", {})
+    assert seatbelt.unavailable_reason() == "could not finish: timed out"  # not kept for the session
+    assert seatbelt.unavailable_reason() is None
+    assert seatbelt.unavailable_reason() is None  # kept: no third probe (next() would raise)
 
 
 # --- choosing the mode -----------------------------------------------------------------------------------------------
@@ -291,7 +314,7 @@ def test_a_profile_macos_rejects_makes_the_mode_unavailable(tmp_path: Path, monk
 
 def test_on_macos_the_automatic_choice_is_seatbelt(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sandbox, "_IS_MACOS", True)
-    monkeypatch.setattr(seatbelt, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(seatbelt, "unavailable_reason", lambda *hidden: None)
     assert sandbox.choose_sandbox("auto") == (SANDBOX_SEATBELT, None)
     assert sandbox.require_containment() == SANDBOX_SEATBELT  # contained: nothing to ask
     assert "no network" in sandbox.sandbox_description(SANDBOX_SEATBELT)
@@ -299,7 +322,7 @@ def test_on_macos_the_automatic_choice_is_seatbelt(monkeypatch: pytest.MonkeyPat
 
 def test_on_macos_without_sandbox_exec_hearth_asks_first(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sandbox, "_IS_MACOS", True)
-    monkeypatch.setattr(seatbelt, "unavailable_reason", lambda: "/usr/bin/sandbox-exec is missing")
+    monkeypatch.setattr(seatbelt, "unavailable_reason", lambda *hidden: "/usr/bin/sandbox-exec is missing")
     assert sandbox.choose_sandbox("auto") == (SANDBOX_RLIMITS, None)
     with pytest.raises(UnsandboxedRunRefusedError, match="sandbox-exec is missing"):
         sandbox.require_containment()
@@ -331,7 +354,7 @@ def fake_sandbox_exec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     )
     script.chmod(0o755)
     monkeypatch.setattr(seatbelt, "SANDBOX_EXEC", str(script))
-    monkeypatch.setattr(seatbelt, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(seatbelt, "unavailable_reason", lambda *hidden: None)
     monkeypatch.setenv(ENV_SANDBOX, SANDBOX_SEATBELT)
     monkeypatch.setenv("DISPLAY", ":0")
     reload_settings()
@@ -404,10 +427,10 @@ def test_on_macos_the_number_of_processes_is_limited_too(monkeypatch: pytest.Mon
     monkeypatch.setattr(sandbox, "_IS_MACOS", True)
     monkeypatch.setattr(sandbox, "_IS_LINUX", False)
     monkeypatch.setattr(sandbox.os, "getuid", lambda: 501)
-    listing = "  501\n    0\n  501\n  88\n  501\n"  # `ps -A -o uid=`: three processes of user 501
+    listing = "  501\n    0\n  501\n  88\n  501\n"  # `ps -A -o ruid=`: three processes of user 501
 
     def fake_ps(command: list[str], **options: object) -> object:
-        assert command == ["/bin/ps", "-A", "-o", "uid="]
+        assert command == ["/bin/ps", "-A", "-o", "ruid="]  # the real uid, as the kernel counts
         return sandbox.subprocess.CompletedProcess(command, 0, listing, "")
 
     monkeypatch.setattr(sandbox.subprocess, "run", fake_ps)
@@ -424,3 +447,15 @@ def test_a_framework_python_brings_its_app_and_library(tmp_path: Path, monkeypat
     monkeypatch.setattr(paths.sysconfig, "get_config_var", lambda name: "Python" if name == "PYTHONFRAMEWORK" else None)
     parts = paths.python_parts()
     assert (framework / "Resources").resolve() in parts and (framework / "Python").resolve() in parts
+
+
+def test_on_macos_a_process_count_that_fails_leaves_the_limit_to_the_system(monkeypatch: pytest.MonkeyPatch,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    monkeypatch.setattr(sandbox, "_IS_MACOS", True)
+
+    def broken_ps(command: list[str], **options: object) -> object:
+        raise OSError("no /bin/ps")
+
+    monkeypatch.setattr(sandbox.subprocess, "run", broken_ps)
+    assert sandbox._user_task_count() == sandbox._MACOS_PROCESSES_PER_USER_FALLBACK
+    assert "Could not count your processes" in caplog.text  # said, not silent

@@ -343,6 +343,7 @@ def run_analyzer(
                 command,
                 cwd=place,
                 env=environment,
+                stdin=subprocess.DEVNULL,  # not Hearth's terminal
                 capture_output=True,
                 text=True,
                 timeout=timeout_s,
@@ -387,8 +388,8 @@ def run_git(
                              read_only=True, writable=[git_dir])  # fmt: skip
         try:
             done = subprocess.run(  # fixed argv, no shell
-                command, cwd=work_tree, env=environment, capture_output=True, text=True, timeout=timeout_s,
-                check=False,
+                command, cwd=work_tree, env=environment, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                timeout=timeout_s, check=False,
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             return ToolResult(None, "", str(exc))
@@ -405,7 +406,8 @@ def _git_executable() -> str:
 @functools.cache
 def _xcrun_git() -> str | None:
     try:
-        done = subprocess.run(["/usr/bin/xcrun", "--find", "git"], capture_output=True, text=True, timeout=60, check=False)
+        done = subprocess.run(["/usr/bin/xcrun", "--find", "git"], stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=60, check=False)  # fmt: skip
     except (OSError, subprocess.TimeoutExpired):
         return None
     found = done.stdout.strip()
@@ -487,7 +489,7 @@ def choose_sandbox(requested: str | None = None) -> tuple[str, Bubblewrap | None
     if mode == SANDBOX_RLIMITS:
         return mode, None
     if mode == SANDBOX_SEATBELT or (mode == SANDBOX_AUTO and _IS_MACOS):
-        seatbelt_missing = seatbelt.unavailable_reason()
+        seatbelt_missing = seatbelt.unavailable_reason(folders_to_hide())
         if seatbelt_missing is None:
             return SANDBOX_SEATBELT, None
         if mode == SANDBOX_SEATBELT:
@@ -510,7 +512,7 @@ def choose_sandbox(requested: str | None = None) -> tuple[str, Bubblewrap | None
 def unavailable_modes() -> str:
     """Why no containing mode runs here (for the refusal and the summary)."""
     if _IS_MACOS:
-        return f"Seatbelt: {seatbelt.unavailable_reason() or 'available'}"
+        return f"Seatbelt: {seatbelt.unavailable_reason(folders_to_hide()) or 'available'}"
     if _IS_WINDOWS:
         return "Windows has no sandbox Hearth can use yet (a Job Object only ends and limits the program)"
     reasons = [f"bubblewrap: {find_bubblewrap().reason}"] if find_bubblewrap().found is None else []
@@ -919,9 +921,11 @@ def _user_task_count() -> int:
     uid = os.getuid()
     if _IS_MACOS:
         try:
-            listing = subprocess.run(["/bin/ps", "-A", "-o", "uid="], capture_output=True, text=True, timeout=30,
-                                     check=True).stdout  # fmt: skip
-        except (OSError, subprocess.SubprocessError):
+            # The real uid: what the kernel counts RLIMIT_NPROC against
+            listing = subprocess.run(["/bin/ps", "-A", "-o", "ruid="], capture_output=True, text=True, timeout=30,
+                                     stdin=subprocess.DEVNULL, check=True).stdout  # fmt: skip
+        except (OSError, subprocess.SubprocessError) as exc:
+            logger.warning("Could not count your processes (%s): the run's process limit is the system's", exc)
             return _MACOS_PROCESSES_PER_USER_FALLBACK
         return sum(1 for line in listing.split() if line == str(uid))
     tasks = 0
@@ -941,8 +945,9 @@ def _user_task_count() -> int:
     return tasks
 
 
-# When ps cannot count: above macOS's default per-user maximum (kern.maxprocperuid), so the limit is left as the
-# system's rather than set below what the user already runs (which would stop the program's first fork).
+# When ps cannot count: above macOS's usual per-user maximum (kern.maxprocperuid; the launcher clamps to the hard
+# limit), so the limit is in effect the system's, rather than set below what the user already runs (which would
+# stop the program's first fork).
 _MACOS_PROCESSES_PER_USER_FALLBACK = 4096
 
 
@@ -971,10 +976,15 @@ def _windows_job(process: subprocess.Popen[bytes], limits: ResourceLimits, timeo
         )
         job.adopt_and_resume(process.pid)
     except BaseException as exc:  # a KeyboardInterrupt too: a suspended program must not be left behind
-        process.kill()
-        if job is not None:
-            job.close()
-        process.wait()
+        try:
+            process.kill()
+        except OSError:  # already ended, or not ours to kill: the job's own termination below still applies
+            logger.warning("Could not kill process %d after its Job Object failed", process.pid, exc_info=True)
+        finally:
+            if job is not None:
+                job.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=_KILL_GRACE_S * 3)
         if isinstance(exc, OSError):
             raise ProgramStartError(" ".join(map(str, process.args)), f"could not put it in its Job Object: {exc}") from exc
         raise
