@@ -468,3 +468,70 @@ class BackendUnavailableError(ModelLoadError, ValueError):
 
 class GenerationError(HearthError):
     """The local engine failed while generating a reply."""
+
+
+# --- model downloads: hostile or broken mirrors --------------------------------------------------------------------
+
+
+class MirrorAnswerError(DownloadError):
+    """An endpoint answered what the Hub never sends: a broken or hostile mirror. ``file`` is the file concerned,
+    None when the answer is about the listing as a whole. The partial download and its state are kept."""
+
+    def __init__(self, file: object, endpoint: str, reason: str, message: str) -> None:
+        self.file, self.endpoint, self.reason = file, endpoint, reason
+        super().__init__(message)
+
+
+class FileRestartLimitError(MirrorAnswerError):
+    """Every endpoint made one file start over more times than allowed (a size lie, a Range never honoured)."""
+
+    def __init__(self, file: str, endpoint: str, reason: str, restarts: int) -> None:
+        self.restarts = restarts
+        super().__init__(
+            file,
+            endpoint,
+            reason,
+            f"{endpoint} kept answering with something that does not continue {_shown_name(file)} ({reason}), even "
+            f"after {restarts} fresh starts, and no other endpoint could take over. The endpoint may be broken or "
+            "hostile: remove it from the download sources or put another one first, then run the download again to "
+            "resume.",
+        )
+
+
+class ListingRefusedError(MirrorAnswerError):
+    """A repository's file listing was not read to the end: too many pages, a page seen before, another server."""
+
+    def __init__(self, repo: str, endpoint: str, reason: str) -> None:
+        self.repo = repo
+        super().__init__(
+            None,
+            endpoint,
+            reason,
+            f"The file list of {repo!r} from {endpoint} was refused: {reason}. The endpoint may be broken or "
+            "hostile: remove it from the download sources or put another one first.",
+        )
+
+
+class UnsafeRemoteFileNameError(MirrorAnswerError, ValueError):
+    def __init__(self, file: object, endpoint: str, reason: str) -> None:
+        super().__init__(
+            file,
+            endpoint,
+            reason,
+            f"Refused the file name {_shown_name(file)} listed by {endpoint}: {reason}. Nothing was written for it; "
+            "model files are only written inside the model's folder, under plain names such as config.json. The "
+            "endpoint may be hostile: remove it from the download sources or put another one first.",
+        )
+
+
+class InvalidRemoteFileSizeError(MirrorAnswerError, ValueError):
+    def __init__(self, file: str, endpoint: str, size: object) -> None:
+        self.size = size
+        super().__init__(
+            file,
+            endpoint,
+            f"its size is {_shown_name(size)}, not a whole number of bytes",
+            f"The file list from {endpoint} gives {_shown_name(file)} the size {_shown_name(size)}, which is not a "
+            "whole number of bytes. Nothing was downloaded from this list; the endpoint may be broken or hostile: "
+            "remove it from the download sources or put another one first.",
+        )

@@ -41,6 +41,8 @@ SERVER_DEFAULT_PORT = 8765
 SERVER_MAX_BODY_BYTES = 4 * 1024 * 1024  # larger request bodies get 413
 SERVER_MAX_TOKENS_LIMIT = 4096  # the largest max_tokens a request may ask for (more gets 400)
 SERVER_MAX_QUEUE = 32  # requests waiting for the model beyond this get 429
+SERVER_MAX_MESSAGES = 1000  # messages in one request; more get 400 (no local model has room for them)
+SERVER_MAX_PROMPT_CHARACTERS = 1_000_000  # text of one request (~250k tokens: past every local context window)
 SERVER_GRACEFUL_SHUTDOWN_S = 5.0
 
 # How long a writer waits for SQLite's lock before giving up (milliseconds).

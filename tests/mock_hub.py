@@ -57,6 +57,14 @@ that status and a JSON error body; nothing else applies) -> ``ignore_range`` (20
 ``corrupt_offset`` flips one byte, paced by ``throttle_bytes_per_s``, cut after ``reset_after_bytes`` (RST) or else
 ``drop_after_bytes`` (clean FIN). A cut after >= the body length still closes (or resets) the connection after a
 complete body. After a reset the client may see fewer bytes than were written (the kernel drops unread data).
+A size lie: ``extra_bytes`` sends that many junk bytes after the asked range (counted in ``Content-Length``), and
+``no_content_length`` sends no ``Content-Length`` at all (the body ends when the connection closes).
+
+Hostile listings (attributes of the hub, read on every tree request): ``tree_entry_patches`` maps a file path to
+fields merged into its listed entry (a dict value merges into a dict field, e.g. ``{"lfs": {"size": "big"}}``);
+``tree_extra_entries`` are raw entries added to the first page (names no real file can have); ``tree_pagination``
+is "honest", "endless" (every page links to a new cursor, pages past the end repeat the listing) or "repeat"
+(every page links to itself); ``tree_link_base`` replaces ``endpoint`` in front of the Link URLs (another server).
 
 Log: ``hub.log`` is a snapshot list of ``RequestRecord`` (one per request, appended on arrival and updated as the
 answer goes out): ``method, path, query, headers (lower-cased keys), range_header, status, body_bytes_sent,
@@ -266,6 +274,8 @@ class Faults:
     ignore_range: bool = False  # answer 200 with the whole file even when a Range was asked
     corrupt_offset: int | None = None  # flip (xor 0xFF) the byte at this absolute file offset
     stall_s: float | None = None  # read the request, then wait this long before answering
+    extra_bytes: int | None = None  # after the asked bytes, send this many more junk bytes (in Content-Length)
+    no_content_length: bool = False  # send no Content-Length: the body ends when the connection closes
     path_glob: str = "*"
     applies_to: AppliesTo = "resolve"
     method: str | None = None  # "GET" / "HEAD"; None = any
@@ -280,8 +290,14 @@ class Faults:
     def has_body_faults(self) -> bool:
         return any(
             v is not None
-            for v in (self.drop_after_bytes, self.reset_after_bytes, self.throttle_bytes_per_s, self.corrupt_offset)
-        )
+            for v in (
+                self.drop_after_bytes,
+                self.reset_after_bytes,
+                self.throttle_bytes_per_s,
+                self.corrupt_offset,
+                self.extra_bytes,
+            )
+        ) or self.no_content_length
 
     @property
     def exhausted(self) -> bool:
@@ -300,6 +316,8 @@ class Faults:
                 "throttle_bytes_per_s",
                 "reset_after_bytes",
                 "drop_after_bytes",
+                "extra_bytes",
+                "no_content_length",
             )
             # Identity checks: an offset of 0 is a real fault, though 0 == False.
             if (value := getattr(self, name)) is not None and value is not False
@@ -398,6 +416,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        # Headers and a small JSON body go out in two writes: with Nagle's algorithm the second waits for the
+        # client's delayed ACK, about 40 ms per metadata request (a 1,000-page listing would take 40 s).
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.hub._track(self.connection, add=True)
 
     def finish(self) -> None:
@@ -506,7 +527,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         for name, value in plan.headers.items():
             self.send_header(name, value)
-        self.send_header("Content-Length", str(length))
+        if fault is not None and fault.no_content_length:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        else:
+            self.send_header("Content-Length", str(length + ((fault.extra_bytes or 0) if fault else 0)))
         if status == 206:
             self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
         self._end_headers()
@@ -598,6 +623,8 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             if fh is not None:
                 fh.close()
+        if fault.extra_bytes and sent == length:
+            self._sendall(b"\xa5" * fault.extra_bytes)
         if cut is not None:
             self.close_connection = True  # a drop: the server then closes the socket (FIN)
             if reset:
@@ -676,6 +703,8 @@ class MockHub:
     ``token``: the one token accepted for gated repos (``Authorization: Bearer <token>``); None accepts none.
     ``port``: 0 for a free port. ``separate_cdn``: serve ``/cdn/`` redirects from a second port.
     ``tree_page_size``: entries per tree page (the Hub uses 1000).
+    ``tree_entry_patches``, ``tree_extra_entries``, ``tree_pagination``, ``tree_link_base``: hostile listings (see
+    the module docstring); attributes, so a test can set them on a running hub.
     """
 
     def __init__(
@@ -689,6 +718,10 @@ class MockHub:
         self.token = token
         self.separate_cdn = separate_cdn
         self.tree_page_size = tree_page_size
+        self.tree_entry_patches: dict[str, dict[str, Any]] = {}
+        self.tree_extra_entries: list[Any] = []
+        self.tree_pagination: Literal["honest", "endless", "repeat"] = "honest"
+        self.tree_link_base: str | None = None
         self.faults = Faults()
         self.queued_faults: list[Faults] = []
         self._requested_port = port
@@ -1024,14 +1057,33 @@ class MockHub:
             return _with_category(
                 self._error(404, "EntryNotFound", f"{subpath} does not exist on \"{revision}\""), "api"
             )
+        entries = [self._patched(e) for e in entries]
         start = _decode_cursor(params.get("cursor", [""])[-1])
-        page = entries[start : start + self.tree_page_size]
+        size = self.tree_page_size
+        if self.tree_pagination == "endless":
+            page = [entries[(start + i) % len(entries)] for i in range(size)] if entries else []
+        else:
+            page = entries[start : start + size]
+        if start == 0:
+            page = page + list(self.tree_extra_entries)
         plan = _Plan("api", payload=page)
-        if start + self.tree_page_size < len(entries):
-            next_query = {k: v[-1] for k, v in params.items()}
-            next_query["cursor"] = _encode_cursor(start + self.tree_page_size)
-            plan.headers["Link"] = f'<{self.endpoint}{raw_path}?{urlencode(next_query)}>; rel="next"'
+        next_query = {k: v[-1] for k, v in params.items()}
+        if self.tree_pagination != "repeat":
+            next_query["cursor"] = _encode_cursor(start + size)
+        if self.tree_pagination != "honest" or start + size < len(entries):
+            base = self.tree_link_base or self.endpoint
+            plan.headers["Link"] = f'<{base}{raw_path}?{urlencode(next_query)}>; rel="next"'
         return plan
+
+    def _patched(self, entry: dict[str, Any]) -> dict[str, Any]:
+        patch = self.tree_entry_patches.get(entry["path"])
+        if not patch:
+            return entry
+        merged = dict(entry)
+        for name, value in patch.items():
+            old = merged.get(name)
+            merged[name] = {**old, **value} if isinstance(old, dict) and isinstance(value, dict) else value
+        return merged
 
     def _plan_resolve(self, raw_path: str, segments: list[str], headers: Mapping[str, str]) -> _Plan:
         split = self._split_repo(segments, ("resolve",))

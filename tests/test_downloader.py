@@ -406,13 +406,24 @@ def test_endpoint_list_is_stored_and_checked(hub: MockHub) -> None:
 
 
 def test_token_goes_only_to_allowed_hosts() -> None:
-    hub = HubClient(["https://hf-mirror.com"], token="hf_x", token_hosts=("huggingface.co", "127.0.0.1:8000"))
+    hub = HubClient(
+        ["https://hf-mirror.com"], token="hf_x", token_hosts=("huggingface.co", "127.0.0.1:8000", "localhost", "[::1]:8000")
+    )
     assert hub.auth_headers("https://huggingface.co/api/models/a/b") == {"Authorization": "Bearer hf_x"}
     assert hub.auth_headers("https://cdn-lfs.huggingface.co/x") == {"Authorization": "Bearer hf_x"}
     assert hub.auth_headers("https://hf-mirror.com/a/b/resolve/main/x") == {}
     assert hub.auth_headers("https://evilhuggingface.co/x") == {}
     assert hub.auth_headers("http://127.0.0.1:8000/x") == {"Authorization": "Bearer hf_x"}
     assert hub.auth_headers("http://127.0.0.1:8001/x") == {}
+    # Over https only, but plain http to this machine is fine (tests, a local mirror); see tests/security.
+    assert hub.auth_headers("http://huggingface.co/api/models/a/b") == {}
+    assert hub.auth_headers("http://localhost/x") == {"Authorization": "Bearer hf_x"}
+    assert hub.auth_headers("http://[::1]:8000/x") == {"Authorization": "Bearer hf_x"}
+    # After a redirect, only on the server the request started at.
+    start = "https://huggingface.co/a/b/resolve/main/x"
+    moved = "https://huggingface.co/c/d/resolve/main/x"
+    assert hub.auth_headers(moved, started_at=start) == {"Authorization": "Bearer hf_x"}
+    assert hub.auth_headers("https://cdn-lfs.huggingface.co/x", started_at=start) == {}
 
 
 def test_file_selection_prefers_safetensors() -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 
@@ -223,6 +223,25 @@ class TestContextWindow:
         result = small.complete(messages, temperature=0, max_new_tokens=16)
         assert result.dropped_messages == prompt.dropped_messages
         assert result.stats.prompt_tokens + result.stats.completion_tokens <= 160
+
+    def test_a_hundred_thousand_messages_are_trimmed_in_a_few_encodes(
+        self, small: LocalLLMEngine, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        messages = self._history(turns=50_000)  # 100,002 messages: what one 4 MB request could hold
+        backend = small._loaded_backend()[1]
+        encode = backend.encode_chat
+        encoded: list[int] = []
+
+        def counting(chat: Sequence[ChatMessage]) -> list[int]:
+            encoded.append(len(chat))
+            return encode(chat)
+
+        monkeypatch.setattr(backend, "encode_chat", counting)
+        prompt = small.prepare_prompt(messages, max_new_tokens=16)
+        assert prompt.prompt_tokens + 16 <= 160 and prompt.dropped_messages % 2 == 0
+        assert "code word is BLUE" in small.decode(prompt.token_ids)
+        # Once per dropped message, each of the whole rest, was ~100,000 encodes of up to 100,000 messages.
+        assert len(encoded) <= 40 and max(encoded) < 200, encoded
 
     def test_nothing_is_dropped_when_it_fits(self, small: LocalLLMEngine) -> None:
         assert small.prepare_prompt(self._history(turns=1), max_new_tokens=16).dropped_messages == 0

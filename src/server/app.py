@@ -50,6 +50,7 @@ from src.server.metrics import ServerMetrics
 from src.server.openai_params import ParsedRequest, parse_chat_request, parse_completion_request
 from src.server.scheduler import Abandoned, FairQueue, QueueFullError
 from src.utils.generation import FINISH_LENGTH, ChatModel, GenerationResult
+from src.utils.loopback import LoopbackGuard
 
 logger = logging.getLogger(__name__)
 
@@ -208,6 +209,10 @@ def create_app(
         Route("/metrics", metrics, methods=["GET"]),
     ]
     middleware = []
+    if state.api_key is None:
+        # Keyless means loopback only (check_bind_security): then only requests for this listener, from its own
+        # origin or the CORS origins allowed (src/utils/loopback.py). With a key, the key is the check.
+        middleware.append(Middleware(LoopbackGuard, allowed_origins=tuple(cors_origins), refusal=_refusal))
     if cors_origins:
         middleware.append(
             Middleware(
@@ -227,6 +232,10 @@ def create_app(
     )
     app.state.hearth = state
     return app
+
+
+def _refusal(status: int, code: str, message: str) -> Response:
+    return APIError(status, message, code=code).response()
 
 
 def _listed_ids(state: ServerState) -> list[str]:
@@ -304,6 +313,11 @@ class _MetricsAndSafetyNet:
 
 
 async def _read_json(request: Request, limit: int) -> Any:
+    # A cross-site page can POST text/plain without asking first (no CORS preflight); JSON it cannot.
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise APIError(415, f"Send the body as JSON, with the header 'Content-Type: application/json' (this request "
+                       f"said {media_type[:60] or 'nothing'!r}).", code="unsupported_media_type")  # fmt: skip
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         await _drain(request, limit)
@@ -318,6 +332,8 @@ async def _read_json(request: Request, limit: int) -> Any:
         raise api_errors.bad_request("The request has no body; send a JSON object.")
     try:
         return json.loads(body)
+    except RecursionError:
+        raise api_errors.bad_request("The JSON body of your request is nested too deeply.", code="invalid_json") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise api_errors.bad_request(
             f"We could not parse the JSON body of your request ({exc}). The body must be valid JSON.",

@@ -8,53 +8,22 @@ port in use is reported at once as ``ServerStartError`` and port 0 picks a free 
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import signal
-import socket
 import threading
 from collections.abc import Sequence
 from typing import Any, Self
 
 from src import settings as _settings
 from src.errors import InsecureServerBindError, ServerStartError
+from src.utils.loopback import bind_socket, is_loopback_host, serve_in_foreground
 
 logger = logging.getLogger(__name__)
-
-
-def is_loopback_host(host: str) -> bool:
-    host = host.strip().strip("[]")
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_bind_security(host: str, api_key: str | None) -> None:
     """Raise ``InsecureServerBindError`` for a non-loopback host without an API key."""
     if not is_loopback_host(host) and not (api_key or "").strip():
         raise InsecureServerBindError(host)
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on (host, port); ``ServerStartError`` when that is impossible (port in use...)."""
-    try:
-        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise ServerStartError(host, port, f"unknown host ({exc})") from exc
-    family, _, _, _, address = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(128)
-    except OSError as exc:
-        sock.close()
-        raise ServerStartError(host, port, exc.strerror or str(exc)) from exc
-    sock.set_inheritable(True)
-    return sock
 
 
 def _url(host: str, port: int) -> str:
@@ -209,35 +178,12 @@ def serve_forever(
     on_started: Any = None,
 ) -> None:
     """Serve in the calling (main) thread until Ctrl+C / SIGTERM (uvicorn's own signal handling)."""
-    import uvicorn
-
     check_bind_security(host, api_key)
     sock = bind_socket(host, port)
-    config = uvicorn.Config(
-        app,
-        log_level=log_level,
-        lifespan="off",
-        timeout_graceful_shutdown=int(_settings.SERVER_GRACEFUL_SHUTDOWN_S),
-    )
-    class _Server(uvicorn.Server):
-        def handle_exit(self, sig: int, frame: Any) -> None:  # Ctrl+C, SIGTERM, in the main thread
-            super().handle_exit(sig, frame)
-            # Not here: a signal handler interrupts the event loop, which may hold the lock cancel_all() takes.
-            threading.Thread(target=_cancel_open_requests, args=(app,), name="hearth-api-stop", daemon=True).start()
-
-    server = _Server(config)
     if on_started is not None:
         on_started(_url(host, int(sock.getsockname()[1])))
-    # uvicorn re-raises the signal that stopped it once it has shut down gracefully. With SIGTERM's default action
-    # that killed the process there and then, before Hearth's own shutdown (stop the model, free it: see
-    # src/utils/shutdown.py) could run. A SIGTERM'd server that has shut down ends normally, with exit code 0.
-    sigterm_handler = _take_replayed_sigterm()
-    try:
-        server.run(sockets=[sock])
-    finally:
-        sock.close()
-        if sigterm_handler is not None:
-            signal.signal(signal.SIGTERM, sigterm_handler)
+    serve_in_foreground(app, sock, on_exit_signal=lambda: _cancel_open_requests(app), log_level=log_level,
+                        lifespan="off", timeout_graceful_shutdown=int(_settings.SERVER_GRACEFUL_SHUTDOWN_S))  # fmt: skip
 
 
 def _cancel_open_requests(app: Any) -> None:
@@ -246,10 +192,3 @@ def _cancel_open_requests(app: Any) -> None:
     state = getattr(getattr(app, "state", None), "hearth", None)
     if state is not None:
         state.cancel_all()
-
-
-def _take_replayed_sigterm() -> Any:
-    """In the main thread, make SIGTERM a no-op for uvicorn's replay of it; return the handler to restore."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
-        return None
-    return signal.signal(signal.SIGTERM, lambda signum, frame: None)

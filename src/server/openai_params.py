@@ -11,6 +11,8 @@ Parameter mapping (documented in the README):
 - ``n`` must be 1; ``response_format`` other than ``text``, ``tools``/``functions``, ``logprobs``, ``logit_bias``,
   ``suffix`` and ``best_of`` > 1 get a clear 400 "not supported". ``user``, ``metadata``, ``store``,
   ``parallel_tool_calls``, ``service_tier`` and ``tool_choice: "none"`` are accepted and ignored.
+- At most ``SERVER_MAX_MESSAGES`` messages and ``SERVER_MAX_PROMPT_CHARACTERS`` characters of text per request
+  (400 past them): a request cannot hold the shared engine with a chat no local model could read anyway.
 - Roles: ``system``, ``user``, ``assistant``; ``developer`` (OpenAI's newer name for system) is read as ``system``.
   Content is a string or a list of ``{"type": "text"}`` parts (joined); images and audio get 400.
 """
@@ -23,6 +25,7 @@ from typing import Any
 
 from src.errors import InvalidParameterError
 from src.server.api_errors import APIError, bad_request, not_supported
+from src.settings import SERVER_MAX_MESSAGES, SERVER_MAX_PROMPT_CHARACTERS
 from src.utils.generation import ChatMessage, GenerationParams
 
 MAX_STOP_SEQUENCES = 4  # as OpenAI
@@ -60,6 +63,7 @@ def parse_completion_request(
         raise bad_request("Only one prompt per request is supported (a string, or a list holding one string).", "prompt")
     if not isinstance(prompt, str) or not prompt:
         raise bad_request("'prompt' must be a non-empty string.", "prompt")
+    _check_length(len(prompt), "prompt")
     _refuse_unsupported(body, legacy=True)
     echo = _optional_bool(body, "echo")
     return _finish(
@@ -87,6 +91,9 @@ def _messages(raw: Any) -> list[ChatMessage]:
         raise bad_request("Missing required parameter: 'messages'.", "messages", "missing_required_parameter")
     if not isinstance(raw, list) or not raw:
         raise bad_request("'messages' must be a non-empty array of message objects.", "messages")
+    if len(raw) > SERVER_MAX_MESSAGES:
+        raise bad_request(f"'messages' holds {len(raw):,} messages; this server accepts at most "
+                          f"{SERVER_MAX_MESSAGES:,} per request.", "messages", "too_many_messages")  # fmt: skip
     out: list[ChatMessage] = []
     for index, message in enumerate(raw):
         where = f"messages[{index}]"
@@ -103,7 +110,14 @@ def _messages(raw: Any) -> list[ChatMessage]:
             raise not_supported("Tool calls", f"{where}.tool_calls")
         content = _content(message.get("content"), where, role)
         out.append(ChatMessage(_ROLE_ALIASES.get(role, role), content))
+    _check_length(sum(len(message.content) for message in out), "messages")
     return out
+
+
+def _check_length(characters: int, param: str) -> None:
+    if characters > SERVER_MAX_PROMPT_CHARACTERS:
+        raise bad_request(f"The request holds {characters:,} characters of text; this server accepts at most "
+                          f"{SERVER_MAX_PROMPT_CHARACTERS:,}.", param, "prompt_too_long")  # fmt: skip
 
 
 def _content(content: Any, where: str, role: str) -> str:
@@ -196,11 +210,9 @@ def _finish(
     kwargs["max_new_tokens"] = max_tokens
 
     kwargs["stop"] = _stop(body.get("stop"))
-    seed = body.get("seed")
+    seed = _integer(body, "seed", -(2**63), 2**64 - 1)  # what torch.manual_seed takes
     if seed is not None:
-        if not _is_int(seed):
-            raise bad_request("'seed' must be an integer.", "seed")
-        kwargs["seed"] = int(seed)
+        kwargs["seed"] = seed
     top_k = _integer(body, "top_k", 0, 100_000)
     if top_k is not None:
         kwargs["top_k"] = top_k
@@ -230,14 +242,24 @@ def _number(body: dict[str, Any], name: str, low: float, high: float, *, low_ope
     value = body.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    # math.isfinite(10**400) raises OverflowError: an int is compared as it is (exactly, whatever its size)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not math.isfinite(value)):
         raise bad_request(f"'{name}' must be a number.", name, "invalid_type")
     if value > high or value < low or (low_open and value == low):
         bracket = "(" if low_open else "["
         raise bad_request(
-            f"Invalid '{name}': {value} is out of range; it must be in {bracket}{low:g}, {high:g}].", name, "invalid_value"
-        )
+            f"Invalid '{name}': {_shown(value)} is out of range; it must be in {bracket}{low:g}, {high:g}].", name,
+            "invalid_value",
+        )  # fmt: skip
     return float(value)
+
+
+def _shown(value: float) -> str:
+    """A number for an error message: a 400-digit integer is not repeated back whole."""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    digits = str(abs(value))
+    return str(value) if len(digits) <= 30 else f"{'-' if value < 0 else ''}{digits[:6]}... ({len(digits)} digits)"
 
 
 def _integer(body: dict[str, Any], name: str, low: int, high: int) -> int | None:
@@ -250,8 +272,9 @@ def _integer(body: dict[str, Any], name: str, low: int, high: int) -> int | None
         raise bad_request(f"'{name}' must be an integer.", name, "invalid_type")
     if not low <= value <= high:
         raise bad_request(
-            f"Invalid '{name}': {value} is out of range; this server accepts {low} to {high}.", name, "invalid_value"
-        )
+            f"Invalid '{name}': {_shown(value)} is out of range; this server accepts {low} to {high}.", name,
+            "invalid_value",
+        )  # fmt: skip
     return int(value)
 
 

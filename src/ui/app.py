@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -232,10 +233,13 @@ def run_gui(*, web: bool, host: str = "127.0.0.1", port: int = 0) -> int:
         else:
             print(f"Hearth: the desktop window cannot open: {reason}. Opening Hearth in your browser instead.",
                   file=sys.stderr, flush=True)
+    if os.environ.get("FLET_FORCE_WEB_SERVER", "").lower() in ("1", "true", "yes"):
+        view = ft.AppView.WEB_BROWSER  # else Flet would serve its own web server, the one without Hearth's checks
     if view == ft.AppView.WEB_BROWSER:
         from src.ui.network import pick_port
+        from src.ui.web import serve_web_gui
 
-        port = pick_port(host, port)
-        print(f"Hearth is running at http://{host}:{port}/ (Ctrl+C to quit)", file=sys.stderr, flush=True)
+        serve_web_gui(main, host=host, port=pick_port(host, port), assets_dir=str(ASSETS_DIR))
+        return 0
     ft.run(main, view=view, host=host, port=port, assets_dir=str(ASSETS_DIR), no_cdn=True)
     return 0

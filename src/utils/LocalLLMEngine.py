@@ -27,6 +27,7 @@ from src.settings import BACKEND_LLAMACPP, BACKEND_TRANSFORMERS, DEFAULT_LOCAL_M
 from src.utils import shutdown
 from src.utils.backends import available_backends, choose_backend, get_model_backend, set_model_backend
 from src.utils.catalog import ModelFiles, locate_model, resolve_local_model
+from src.utils.context_trimming import fit_to_window
 from src.utils.cpu import compute_threads, use_compute_threads_in_torch
 from src.utils.generation import (
     FINISH_CANCELLED,
@@ -282,31 +283,24 @@ class LocalLLMEngine:
 
     def prepare_prompt(self, messages: Sequence[ChatMessage], max_new_tokens: int) -> PreparedPrompt:
         """Apply the chat template, leaving out the oldest turns (never the system prompt, never the last message)
-        until prompt + reply fit the context window. Never sends more tokens than the model accepts."""
+        until prompt + reply fit the context window (``context_trimming``: a few encodes, however long the chat).
+        Never sends more tokens than the model accepts."""
         loaded, backend = self._loaded_backend()
         window = loaded.context_window
-        kept = list(messages)
-        dropped = 0
-        token_ids = backend.encode_chat(kept)
-        while len(token_ids) + max_new_tokens > window:
-            droppable = [i for i, m in enumerate(kept[:-1]) if m.role != "system"]
-            if not droppable:
-                break
-            del kept[droppable[0]]
-            dropped += 1
-            # A conversation should not open with a reply whose question is gone.
-            first = next((i for i, m in enumerate(kept[:-1]) if m.role != "system"), None)
-            if first is not None and kept[first].role == "assistant":
-                del kept[first]
-                dropped += 1
-            token_ids = backend.encode_chat(kept)
-        prompt_tokens = len(token_ids)
+
+        def check_stop() -> None:
+            if shutdown.is_shutting_down():
+                raise EngineStoppedError()
+
+        fitted = fit_to_window(messages, backend.encode_chat, prompt_budget=window - max_new_tokens,
+                               check_stop=check_stop)  # fmt: skip
+        prompt_tokens = len(fitted.token_ids)
         if prompt_tokens >= window:
             raise ContextOverflowError(needed=prompt_tokens + 1, limit=window)
         allowed = min(max_new_tokens, window - prompt_tokens)
-        if dropped:
-            logger.info("Left out %d old message(s) to fit the %d-token context window", dropped, window)
-        return PreparedPrompt(tuple(token_ids), dropped, allowed, allowed < max_new_tokens)
+        if fitted.dropped_messages:
+            logger.info("Left out %d old message(s) to fit the %d-token context window", fitted.dropped_messages, window)
+        return PreparedPrompt(tuple(fitted.token_ids), fitted.dropped_messages, allowed, allowed < max_new_tokens)
 
     def decode(self, token_ids: Sequence[int]) -> str:
         """Token ids of the loaded model back to text (special tokens included)."""
@@ -689,7 +683,7 @@ def _release_engines(deadline: float) -> None:
         for engine in list(_engines):
             try:
                 engine.unload_model()
-            except Exception:  # noqa: BLE001 - the next engine must still be freed
+            except Exception:
                 logger.exception("Could not unload a model at shutdown")
 
     if not _SHARED_WORKER.close(unload_all, deadline):

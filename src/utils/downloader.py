@@ -10,6 +10,13 @@ stopped, and the UI can offer "resume NN%" on the next start.
 Reboot safety: after a process kill the OS still has every byte the process wrote, so the ``.part`` file's size is
 trusted. After a reboot, bytes that were never fsynced may be garbage, so the file is cut back to the last fsynced
 size recorded in the state (the state remembers the boot it was written in).
+
+A mirror controls sizes and bytes, so every loop it drives is bounded. A file starts over from byte 0 at most
+``MAX_RESTARTS_PER_ENDPOINT`` times per endpoint; then the next endpoint continues it, and when none is left a
+``FileRestartLimitError`` stops the download with the ``.part`` and the state kept, so that running it again resumes.
+A size lie (more bytes than the listing announced) is refused, never truncated to fit: whether announced up front
+(``Content-Length``, ``Content-Range``) or found while reading, the answer is not the file the listing describes,
+so it counts as a start-over; the checksum still judges every file that does complete.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import socket
 import sys
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -38,12 +45,14 @@ from src.errors import (
     DownloadError,
     DownloadInProgressError,
     FileDownloadFailedError,
+    FileRestartLimitError,
     GatedRepoError,
     InsufficientDiskSpaceError,
     RemoteFileNotFoundError,
+    UnsafeRemoteFileNameError,
 )
 from src.utils import raw_http
-from src.utils.files import fsync_dir, write_atomically
+from src.utils.files import fsync_dir, resolves_inside, write_atomically
 from src.utils.http_client import SocketInterrupter
 from src.utils.hub_api import HubClient, RemoteFile, RepoSnapshot
 
@@ -61,6 +70,10 @@ PROGRESS_EVERY_S = 0.1
 # An attempt that moved a file forward by this much resets its retry count: a flaky line that drops every few
 # minutes must still finish a 2 GB file, while a server that fails at once gives up after DOWNLOAD_RETRIES.
 PROGRESS_RESETS_RETRIES_BYTES = 1 << 20
+# Starting a file over is the answer to a reply that does not continue it (a wrong Content-Range, a 416, more bytes
+# than the file has, a Range ignored). Twice covers a proxy's or a CDN's one-off confusion; a server doing it every
+# time (a size lie) would otherwise be asked again forever, so after that the file moves on to the next endpoint.
+MAX_RESTARTS_PER_ENDPOINT = 2
 
 # Download states, as shown to the user.
 QUEUED = "queued"
@@ -322,6 +335,10 @@ class _RestartFile(Exception):
     """The server's answer does not continue our partial file: start this file over."""
 
 
+class _EndpointExhausted(Exception):
+    """This endpoint has made the file start over ``MAX_RESTARTS_PER_ENDPOINT`` times: use another one."""
+
+
 class _NotFound(Exception):
     pass
 
@@ -451,6 +468,7 @@ class ModelDownload:
         self._endpoint: str | None = None
         self._speed_window: deque[tuple[float, int]] = deque()
         self._last_progress = 0.0
+        self._restarts: Counter[str] = Counter()  # of the file being fetched, per endpoint
         self.state: DownloadState | None = None
 
     # --- orchestration ------------------------------------------------------------------------------------------
@@ -489,9 +507,13 @@ class ModelDownload:
 
     def _stop(self, status: str, error: str | None) -> DownloadState:
         state = self.state
-        if state is None:  # stopped before the file list was known: nothing on disk to describe
-            self._emit(status, force=True, message=error)
-            return DownloadState(self.model_id, self.repo, self.revision, "", status, error=error)
+        if state is None:
+            # Stopped before the file list was known (e.g. a listing refused): an unfinished earlier download keeps
+            # its files and records why this run stopped; a finished one is left as it is, still usable.
+            state = DownloadState.load(self.folder)
+            if state is None or state.complete:
+                self._emit(status, force=True, message=error)
+                return DownloadState(self.model_id, self.repo, self.revision, "", status, error=error)
         state.status, state.error = status, error
         state.save(self.folder)
         self._emit(status, force=True, message=error)
@@ -506,11 +528,18 @@ class ModelDownload:
             for name, record in old.files.items():
                 if name not in wanted:
                     for stale in (self.folder / name, part_path(self.folder, name)):
-                        stale.unlink(missing_ok=True)
+                        # A state written before names were checked may hold one that leads out of the folder.
+                        if resolves_inside(self.folder, stale):
+                            stale.unlink(missing_ok=True)
         for remote in snapshot.files:
             record = FileRecord(remote.path, remote.size, remote.sha256, remote.git_oid, remote.required)
             previous = old.files.get(remote.path) if old else None
             final = self.folder / remote.path
+            if not all(resolves_inside(self.folder, p) for p in (final, part_path(self.folder, remote.path))):
+                # The name was checked (hub_api); a symlink already in the folder could still lead it elsewhere.
+                raise UnsafeRemoteFileNameError(
+                    remote.path, self._endpoint or "", "it leads outside the model folder through a symbolic link"
+                )
             if previous is not None and previous.same_content(remote):
                 record.status, record.durable_bytes = previous.status, previous.durable_bytes
                 if record.status == FILE_DONE and _size(final) != record.size:
@@ -572,6 +601,7 @@ class ModelDownload:
         refetched_corrupt = False
         tried_since_progress: set[str] = set()
         record.status = FILE_PARTIAL
+        self._restarts.clear()
         while True:
             if self.cancel.cancelled:
                 raise _Cancelled
@@ -580,10 +610,21 @@ class ModelDownload:
             before = transfer.offset
             attempts += 1
             try:
-                self._transfer(state, record, transfer, endpoint)
-            except _RestartFile as exc:
-                logger.warning("%s: %s; fetching the file again from the start", record.path, exc)
-                transfer.restart()
+                try:
+                    self._transfer(state, record, transfer, endpoint)
+                except _RestartFile as exc:
+                    self._start_over(transfer, endpoint, str(exc))
+                    continue
+            except _EndpointExhausted as exc:
+                following = self._next_endpoint(order, index)
+                if following is None:
+                    # The .part stays as it is: a later run resumes it, and the checksum judges it then.
+                    raise FileRestartLimitError(record.path, endpoint, str(exc), MAX_RESTARTS_PER_ENDPOINT) from None
+                index = following
+                logger.warning(
+                    "%s: %s on %s, again; continuing from byte %d on %s",
+                    record.path, exc, endpoint, transfer.offset, order[index],
+                )
                 continue
             except _NotFound:
                 if record.required:
@@ -602,12 +643,14 @@ class ModelDownload:
                 tried_since_progress.add(endpoint)
                 if failures > app_settings.DOWNLOAD_RETRIES:
                     raise FileDownloadFailedError(record.path, endpoint, str(exc), attempts) from None
-                index = (index + 1) % len(order)
+                following = self._next_endpoint(order, index)
+                index = index if following is None else following
                 logger.warning(
                     "%s: %s on %s; continuing from byte %d on %s",
                     record.path, exc, endpoint, transfer.offset, order[index],
                 )
-                if failures and len(tried_since_progress) >= len(order):
+                usable = sum(1 for e in order if self._restarts[e] <= MAX_RESTARTS_PER_ENDPOINT)
+                if failures and len(tried_since_progress) >= usable:
                     # Every endpoint failed in a row: wait before the next round (2 s, then longer).
                     backoff = app_settings.DOWNLOAD_BACKOFF_S
                     if self.cancel.wait(backoff[min(failures - 1, len(backoff) - 1)]):
@@ -626,18 +669,42 @@ class ModelDownload:
             refetched_corrupt = True
             transfer.restart()
 
+    def _start_over(self, transfer: _FileTransfer, endpoint: str, reason: str) -> None:
+        """Throw the ``.part`` away and fetch the file from byte 0, or :class:`_EndpointExhausted` once ``endpoint``
+        has used up its ``MAX_RESTARTS_PER_ENDPOINT`` for this file (the ``.part`` is then kept)."""
+        self._restarts[endpoint] += 1
+        if self._restarts[endpoint] > MAX_RESTARTS_PER_ENDPOINT:
+            raise _EndpointExhausted(reason)
+        logger.warning(
+            "%s: %s; fetching the file again from the start (%d of %d on %s)",
+            transfer.record.path, reason, self._restarts[endpoint], MAX_RESTARTS_PER_ENDPOINT, endpoint,
+        )
+        transfer.restart()
+
+    def _next_endpoint(self, order: list[str], index: int) -> int | None:
+        """The index of the next endpoint after ``index`` (round the list) that has restarts left for this file."""
+        for step in range(1, len(order) + 1):
+            candidate = (index + step) % len(order)
+            if self._restarts[order[candidate]] <= MAX_RESTARTS_PER_ENDPOINT:
+                return candidate
+        return None
+
     def _transfer(self, state: DownloadState, record: FileRecord, transfer: _FileTransfer, endpoint: str) -> None:
         """One HTTP request's worth of bytes, from ``transfer.offset`` on. Returns when the file is complete."""
         transfer.flush()
         if transfer.offset == record.size and record.size > 0:
             return
-        url = self.hub.file_url(endpoint, self.repo, state.commit, record.path)
+        url = started_at = self.hub.file_url(endpoint, self.repo, state.commit, record.path)
         interrupter = SocketInterrupter()
         try:
             with self.cancel.callback(interrupter.fire):
                 for _hop in range(6):
                     # Redirects are followed here, so the token policy applies to every hop (a CDN gets none).
-                    headers = {"Accept-Encoding": "identity", "User-Agent": "Hearth", **self.hub.auth_headers(url)}
+                    headers = {
+                        "Accept-Encoding": "identity",
+                        "User-Agent": "Hearth",
+                        **self.hub.auth_headers(url, started_at=started_at),
+                    }
                     if transfer.offset:
                         headers["Range"] = f"bytes={transfer.offset}-"
                     with raw_http.get(
@@ -647,7 +714,7 @@ class ModelDownload:
                         if response.status in (301, 302, 303, 307, 308) and location:
                             url = urljoin(url, location)
                             continue
-                        self._check_status(response.status, response.headers, transfer)
+                        self._check_status(response.status, response.headers, transfer, endpoint)
                         self._receive(state, record, transfer, response)
                         return
                 raise _Transient("too many redirects")
@@ -658,7 +725,7 @@ class ModelDownload:
         finally:
             interrupter.detach()
 
-    def _check_status(self, status: int, headers: Mapping[str, str], transfer: _FileTransfer) -> None:
+    def _check_status(self, status: int, headers: Mapping[str, str], transfer: _FileTransfer, endpoint: str) -> None:
         if status == 404:
             raise _NotFound
         if status in (401, 403):
@@ -667,21 +734,29 @@ class ModelDownload:
             raise _RestartFile("the server cannot continue from byte %d" % transfer.offset)
         if status >= 500 or status == 429:
             raise _Transient(f"HTTP {status}")
+        size = transfer.record.size
         if status == 200:
-            if transfer.offset:
-                logger.warning("The server ignored the Range request; restarting %s", transfer.record.path)
-                transfer.restart()
-            return
-        if status == 206:
+            start = 0
+        elif status == 206:
             content_range = headers.get("content-range", "")
             try:
                 start = int(content_range.split()[1].split("-")[0])
+                total = content_range.rsplit("/", 1)[1].strip()
             except (IndexError, ValueError):
                 raise _RestartFile(f"unreadable Content-Range {content_range!r}") from None
             if start != transfer.offset:
                 raise _RestartFile(f"asked for byte {transfer.offset}, got {start}")
-            return
-        raise _Transient(f"unexpected HTTP {status}")
+            if total != "*" and total != str(size):
+                raise _RestartFile(f"the server says the file has {total} bytes, the listing {size}")
+        else:
+            raise _Transient(f"unexpected HTTP {status}")
+        # A longer body is refused before a byte of it is written (see the module docstring); a shorter one is just
+        # a connection that will close early, continued from where it stops.
+        announced = headers.get("content-length", "").strip()
+        if announced.isdigit() and start + int(announced) > size:
+            raise _RestartFile(f"the server announces {start + int(announced)} bytes, the listing {size}")
+        if status == 200 and transfer.offset:
+            self._start_over(transfer, endpoint, "the server ignored the Range request")
 
     def _receive(
         self, state: DownloadState, record: FileRecord, transfer: _FileTransfer, response: raw_http.RawResponse
@@ -689,7 +764,7 @@ class ModelDownload:
         last_durable = time.monotonic()
         for view in response.read_chunks():
             if transfer.received + len(view) > record.size:
-                raise _RestartFile("the server sent more bytes than the file has")
+                raise _RestartFile(f"the server sent more than the {record.size} bytes the listing announced")
             transfer.write(bytes(view))  # a copy: the view's buffer is reused for the next read
             if self.cancel.cancelled:
                 raise _Cancelled

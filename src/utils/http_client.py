@@ -19,6 +19,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def origin(url: str) -> tuple[str, str, int]:
+    """``(scheme, host, port)`` of ``url``, the default port filled in: two URLs are the same server only when these
+    are equal (a redirect or a "next page" link to another origin is another server's say-so)."""
+    parsed = httpx.URL(url)
+    port = parsed.port or {"https": 443, "http": 80}.get(parsed.scheme, 0)
+    return parsed.scheme, (parsed.host or "").lower(), port
+
+
 def direct_mounts_for(url: httpx.URL, trust_env: bool) -> dict[str, httpx.BaseTransport | None] | None:
     """httpx does not bypass environment proxies for loopback by itself; a system proxy must never intercept a
     server on this machine. ``None`` as a mount value means the client's own direct transport."""

@@ -1,8 +1,13 @@
 """Metadata from the Hugging Face Hub (or a mirror): which endpoint is alive, what a revision contains.
 
 Only JSON metadata goes through here; bytes go through ``downloader``. The Hub token is a credential and is only
-ever sent to the hosts in ``settings.hub_token_hosts`` (huggingface.co by default), never to a mirror, including
-after a redirect.
+ever sent to the hosts in ``settings.hub_token_hosts`` (huggingface.co by default), never to a mirror, over https
+only, and never past a redirect to another server (see ``HubClient.auth_headers``).
+
+A mirror controls what it lists, so a listing is read as untrusted input: at most ``MAX_LISTING_PAGES`` pages, each
+"next" link on the endpoint's own server and never one already read; every file name a plain relative name that
+stays inside the model folder on every OS; every size a non-negative integer. Anything else is a typed
+``MirrorAnswerError`` naming the endpoint (and the file), raised before a byte is written.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -22,13 +28,17 @@ from src import settings as app_settings
 from src.errors import (
     DownloadError,
     GatedRepoError,
+    InvalidRemoteFileSizeError,
     InvalidRepoIdError,
+    ListingRefusedError,
     NoHealthyEndpointError,
     RepoNotFoundError,
+    UnsafeRemoteFileNameError,
 )
 from src.settings import get_settings
 from src.utils.catalog import GGUF_SUFFIX, is_model_gguf
-from src.utils.http_client import direct_mounts_for
+from src.utils.files import relative_parts, safe_relative_path
+from src.utils.http_client import direct_mounts_for, is_loopback, origin
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +61,10 @@ _PYTORCH_PATTERNS = ("pytorch_model*.bin", "pytorch_model.bin.index.json")
 # A GGUF repository holds one file per quantization: we fetch one. 4-bit K-quants keep nearly all the quality at a
 # quarter of the size and are what llama.cpp runs fastest on a CPU; then the next best trade-offs.
 GGUF_QUANT_PREFERENCE = ("q4_k_m", "q4_k_s", "q4_0", "q5_k_m", "q4_1", "q5_0", "q6_k", "q8_0", "f16", "bf16")
+# A mirror decides how many "next" pages a listing has. The Hub pages tree listings by 1,000 entries, so 1,000 pages
+# is a million files, hundreds of times the largest model repository, yet only seconds of requests before an endless
+# listing is refused (each page is kept in memory until the listing ends).
+MAX_LISTING_PAGES = 1000
 
 
 def validate_repo_id(repo: str) -> str:
@@ -105,6 +119,7 @@ class HubClient:
         self._token_hosts = tuple(token_hosts if token_hosts is not None else settings.hub_token_hosts)
         self._clients: dict[str, httpx.Client] = {}
         self._lock = threading.Lock()
+        self._warned_plain_http: set[tuple[str, str, int]] = set()
 
     # --- plumbing -------------------------------------------------------------------------------------------------
 
@@ -128,8 +143,16 @@ class HubClient:
                 self._clients[key] = client
             return client
 
-    def auth_headers(self, url: str) -> dict[str, str]:
-        """The Authorization header, only for the hosts allowed to see the token."""
+    def auth_headers(self, url: str, *, started_at: str | None = None) -> dict[str, str]:
+        """The Authorization header for a request to ``url``, or none. ``started_at``: the first URL of the redirect
+        chain that led to ``url``.
+
+        The token goes only (1) to the hosts allowed to see it (``settings.hub_token_hosts``), (2) over https, as
+        plain http shows it to everyone on the way; http to this machine (127.0.0.1, ::1, localhost) is allowed, for
+        local mirrors and tests; and (3) after a redirect, only to the server the request started at: a redirect is
+        the server's say-so, and the Hub's CDN redirects are signed URLs that need no token. An allowed host reached
+        over plain http gets no token and a warning, once per server, so that a download without it is explained.
+        """
         if not self._token:
             return {}
         parsed = httpx.URL(url)
@@ -139,7 +162,20 @@ class HubClient:
             netloc == allowed_host if ":" in allowed_host else host == allowed_host or host.endswith("." + allowed_host)
             for allowed_host in self._token_hosts
         )
-        return {"Authorization": f"Bearer {self._token}"} if allowed else {}
+        if not allowed or (started_at is not None and origin(started_at) != origin(url)):
+            return {}
+        if parsed.scheme != "https" and not is_loopback(host):
+            server = origin(url)
+            with self._lock:
+                first_time = server not in self._warned_plain_http
+                self._warned_plain_http.add(server)
+            if first_time:
+                logger.warning(
+                    "Not sending the Hub token to %s://%s: plain http would show it to everyone on the way. Use "
+                    "https:// for this endpoint (gated repositories need the token).", parsed.scheme, netloc,
+                )
+            return {}
+        return {"Authorization": f"Bearer {self._token}"}
 
     def get_json(self, url: str, timeout: float | None = None) -> tuple[httpx.Response, Any]:
         response = self._get(url, timeout=timeout)
@@ -149,8 +185,9 @@ class HubClient:
             return response, None
 
     def _get(self, url: str, timeout: float | None = None) -> httpx.Response:
+        started_at = url
         for _ in range(5):
-            kwargs: dict[str, Any] = {"headers": self.auth_headers(url)}
+            kwargs: dict[str, Any] = {"headers": self.auth_headers(url, started_at=started_at)}
             if timeout is not None:
                 kwargs["timeout"] = timeout
             response = self.client_for(url).get(url, **kwargs)
@@ -264,12 +301,19 @@ class HubClient:
         """The files of ``repo`` at ``commit`` that loading needs, with sizes and checksums."""
         entries = self._tree(endpoint, repo, commit)
         files = select_files(entries, gguf_file=gguf_file)
+        for remote in files:
+            # The files that will be written get the full check too (Windows device names, ':', '~', ...); the rest
+            # of the listing only had to be plain relative names (see _file_entry).
+            safe_relative_path(remote.path, _unsafe_name_from(endpoint), exact=True)
         return RepoSnapshot(repo=repo, revision=revision, commit=commit, files=tuple(files))
 
     def _tree(self, endpoint: str, repo: str, commit: str) -> list[dict[str, Any]]:
-        url: str | None = f"{endpoint}/api/models/{repo}/tree/{quote(commit, safe='')}?recursive=true"
+        """Every file entry of the listing, checked (see the module docstring); directory entries are dropped."""
+        url = f"{endpoint}/api/models/{repo}/tree/{quote(commit, safe='')}?recursive=true"
+        read: set[str] = set()
         entries: list[dict[str, Any]] = []
-        while url:
+        for _page in range(MAX_LISTING_PAGES):
+            read.add(url)
             response, payload = self.get_json(url)
             if response.status_code == 404:
                 raise RepoNotFoundError(repo, commit, endpoint)
@@ -277,11 +321,20 @@ class HubClient:
                 raise GatedRepoError(repo, endpoint, response.status_code)
             if response.status_code != 200 or not isinstance(payload, list):
                 raise DownloadError(f"{endpoint} gave an unexpected file list for {repo} (HTTP {response.status_code}).")
-            entries.extend(e for e in payload if isinstance(e, dict))
-            # The Hub paginates long listings with a Link header.
+            entries.extend(
+                _file_entry(e, endpoint) for e in payload if isinstance(e, dict) and e.get("type") == "file"
+            )
+            # The Hub paginates long listings with a Link header, always to itself. A link elsewhere would make Hearth
+            # request whatever URL the mirror names (a service on this machine or the local network): refused.
             next_link = response.links.get("next", {}).get("url")
-            url = str(httpx.URL(url).join(next_link)) if next_link else None
-        return entries
+            if not next_link:
+                return entries
+            url = str(httpx.URL(url).join(next_link))
+            if origin(url) != origin(endpoint):
+                raise ListingRefusedError(repo, endpoint, f"its next page is on another server ({url})")
+            if url in read:
+                raise ListingRefusedError(repo, endpoint, f"it links back to a page already read ({url})")
+        raise ListingRefusedError(repo, endpoint, f"it goes on for more than {MAX_LISTING_PAGES} pages")
 
 
 def pick_gguf_file(names: list[str], wanted: str | None = None) -> str | None:
@@ -337,11 +390,33 @@ def select_files(entries: list[dict[str, Any]], *, gguf_file: str | None = None)
     return [_remote_file(name, files[name], required) for name, required in chosen]
 
 
+def _unsafe_name_from(endpoint: str) -> Callable[[object, str], UnsafeRemoteFileNameError]:
+    return lambda name, reason: UnsafeRemoteFileNameError(name, endpoint, reason)
+
+
+def _file_entry(entry: dict[str, Any], endpoint: str) -> dict[str, Any]:
+    """A listing's file entry with a name and a size that can be trusted, or a typed error naming the file.
+
+    Every entry is checked, not only those downloaded: no git repository can hold such a name or size, so a listing
+    that has one is forged, and the rest of it is not trusted either. The name must be a plain relative POSIX name
+    (no backslash, drive letter, absolute path, '..', empty part or NUL) on every OS, not only where it would
+    escape. The size (``lfs.size`` for LFS files) must be an int >= 0; a bool is refused although Python counts it
+    as an int. The size checked is stored as the entry's ``size``.
+    """
+    path = entry.get("path")
+    relative_parts(path, _unsafe_name_from(endpoint), exact=True)
+    lfs = entry.get("lfs")
+    size = lfs.get("size", entry.get("size")) if isinstance(lfs, dict) else entry.get("size")
+    if type(size) is not int or size < 0:
+        raise InvalidRemoteFileSizeError(str(path), endpoint, size)
+    return {**entry, "size": size}
+
+
 def _remote_file(name: str, entry: dict[str, Any], required: bool) -> RemoteFile:
     lfs = entry.get("lfs") if isinstance(entry.get("lfs"), dict) else None
     return RemoteFile(
         path=name,
-        size=int(lfs.get("size", entry.get("size", 0)) if lfs else entry.get("size", 0)),
+        size=int(entry.get("size", 0)),
         sha256=str(lfs["oid"]) if lfs and lfs.get("oid") else None,
         git_oid=None if lfs else (str(entry["oid"]) if entry.get("oid") else None),
         required=required,

@@ -96,10 +96,17 @@ class AppServer:
         self.start_timeout = start_timeout
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self._printed_url: str | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}/"
+        """The address to open: Hearth's own link, with the key it printed (``?token=``) once it has printed it."""
+        return self._printed_url or f"http://{self.host}:{self.port}/"
+
+    def _find_printed_url(self) -> None:
+        if self._printed_url is None:
+            found = re.search(rf"http://{re.escape(self.host)}:{self.port}/\?token=[A-Za-z0-9_-]+", self.log_text())
+            self._printed_url = found.group(0) if found else None
 
     def start(self) -> AppServer:
         env = os.environ.copy()
@@ -138,8 +145,11 @@ class AppServer:
                     f"app server exited with code {code} before serving {self.url}\n"
                     f"command: {self.command}\n--- output ({self.log_path}) ---\n{self.log_text()}"
                 )
+            self._find_printed_url()
+            # Cookies kept: Hearth answers its link with a redirect that moves the key into a cookie.
+            opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
             try:
-                with urllib.request.urlopen(self.url, timeout=2) as response:
+                with opener.open(self.url, timeout=2) as response:
                     if response.status == 200 and b"flutter" in response.read().lower():
                         return
                     last_error = f"HTTP {response.status}"
@@ -241,6 +251,7 @@ def open_app(
         context.close()
         raise
     page.app_load_seconds = time.monotonic() - started  # type: ignore[attr-defined]
+    page.app_url = url  # type: ignore[attr-defined]  # with its key: page.url has lost it after the redirect
     return page
 
 

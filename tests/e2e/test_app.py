@@ -211,15 +211,13 @@ def test_last_conversation_reopens_and_chinese_ui(hearth: Any) -> None:
     wait_for_text(page, "Remember this conversation")
     # flet-web ships no CJK font: the bundled one must be served, or Chinese renders as boxes (checked by eye in
     # docs/screenshots/chat_zh.png too).
-    import urllib.request
-
-    with urllib.request.urlopen(page.url.rstrip("/") + "/fonts/WenQuanYiMicroHei.ttf", timeout=10) as font:
-        assert font.status == 200 and len(font.read()) > 4_000_000
+    font = page.context.request.get(page.url.rstrip("/") + "/fonts/WenQuanYiMicroHei.ttf", timeout=10_000)
+    assert font.status == 200 and len(font.body()) > 4_000_000  # with the page's cookie: the key is needed
     page.wait_for_timeout(1000)
     save_screenshot(page, "chat_zh.png")
 
     # A new tab (like restarting the app) reopens the last conversation, in Chinese.
-    again = open_app(page.context.browser, page.url)
+    again = open_app(page.context.browser, page.app_url)
     try:
         wait_for_text(again, "Remember this conversation")
         wait_for_text(again, "新建对话")

@@ -23,6 +23,9 @@ def fake_server(serve):  # type: ignore[no-untyped-def]
     return serve(fake_app(KeyedScriptedFakeModel(default_reply="fine"), max_body_bytes=64 * 1024, max_tokens_limit=100))
 
 
+JSON = {"content-type": "application/json"}
+
+
 def _post(server: ServerController, path: str, **kwargs: object) -> httpx.Response:
     return httpx.post(server.api_base_url + path, timeout=10, **kwargs)  # type: ignore[arg-type]
 
@@ -46,10 +49,10 @@ def _error(response: httpx.Response, status: int) -> dict:  # type: ignore[type-
 def test_malformed_json_is_400(fake_server) -> None:  # type: ignore[no-untyped-def]
     error = _error(_post(fake_server, "/chat/completions", content=b'{"messages": [', headers={"content-type": "application/json"}), 400)
     assert error["type"] == "invalid_request_error" and error["code"] == "invalid_json"
-    _error(_post(fake_server, "/chat/completions", content=b"\xff\xfe"), 400)
-    _error(_post(fake_server, "/chat/completions", content=b""), 400)
+    _error(_post(fake_server, "/chat/completions", content=b"\xff\xfe", headers=JSON), 400)
+    _error(_post(fake_server, "/chat/completions", content=b"", headers=JSON), 400)
     _error(_post(fake_server, "/chat/completions", json=["not", "an", "object"]), 400)
-    _error(_post(fake_server, "/completions", content=b"{nope"), 400)
+    _error(_post(fake_server, "/completions", content=b"{nope", headers=JSON), 400)
 
 
 @pytest.mark.parametrize(
@@ -140,7 +143,7 @@ def test_too_large_bodies_are_413(fake_server) -> None:  # type: ignore[no-untyp
         for _ in range(10):
             yield b" " * (16 * 1024)
 
-    _error(_post(fake_server, "/chat/completions", content=chunked()), 413)
+    _error(_post(fake_server, "/chat/completions", content=chunked(), headers=JSON), 413)
     with pytest.raises(openai.APIStatusError) as caught:
         _client(fake_server).chat.completions.create(model=FAKE_MODEL, messages=big["messages"])  # type: ignore[arg-type]
     assert caught.value.status_code == 413

@@ -153,7 +153,8 @@ def test_a_queued_request_whose_client_left_is_dropped(serve) -> None:  # type: 
         body = json.dumps({"messages": [{"role": "user", "content": "abandoned"}]}).encode()
         raw = socket.create_connection(("127.0.0.1", server.port))
         raw.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n".encode()
+                + b"Content-Type: application/json\r\n"
             + f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body
         )

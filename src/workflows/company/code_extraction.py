@@ -20,77 +20,20 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from src.errors import UnsafePathError
+from src.utils.files import safe_relative_path as _checked_relative_path
 
 logger = logging.getLogger(__name__)
-
-MAX_COMPONENT_BYTES = 255  # NAME_MAX on Linux and macOS; NTFS allows 255 UTF-16 units, which is never less
-MAX_PATH_BYTES = 1024  # well under PATH_MAX (4096) so the project folder's own path still fits in front
-
-# Names Windows gives to devices: "con.py" can't be created there, and writing "nul" silently discards the data.
-_WINDOWS_RESERVED = frozenset(
-    {"con", "prn", "aux", "nul", "conin$", "conout$"}
-    | {f"com{i}" for i in range(10)}
-    | {f"lpt{i}" for i in range(10)}
-)
-# Characters Windows refuses in names (":" also opens NTFS alternate data streams); refused everywhere so that a
-# project generated on Linux can be copied to Windows.
-_WINDOWS_FORBIDDEN_CHARS = frozenset('<>:"|?*')
 
 
 def safe_relative_path(name: str) -> PurePosixPath:
     """The normalised relative path for ``name``, or :class:`UnsafePathError` if it could escape the folder.
 
     ``./a//b.py`` becomes ``a/b.py``; backslashes count as separators (a model on Windows habits writes
-    ``utils\\helpers.py``). Refused: empty names, absolute paths (``/etc/x``, ``C:\\x``, ``\\\\server\\share``),
-    drive letters, ``..``, ``~`` (shell home expansion), a leading ``-`` (read as an option), NUL and control
-    characters, characters or device names Windows can't store, components ending in a dot or space, ``.git``
-    (its hooks run on the user's next git command), and names longer than 255 bytes per component or 1024 bytes
-    in total.
+    ``utils\\helpers.py``). The rules (absolute paths, drive letters, ``..``, ``~``, a leading ``-``, control
+    characters, Windows names, ``.git``, lengths) are :func:`src.utils.files.safe_relative_path`'s, shared with the
+    model downloader.
     """
-    if not isinstance(name, str):
-        raise UnsafePathError(name, "it is not text")
-    if any(ord(ch) < 32 or 0x7F <= ord(ch) <= 0x9F for ch in name):
-        raise UnsafePathError(name, "it contains NUL or control characters")
-    stripped = name.strip()
-    if not stripped:
-        raise UnsafePathError(name, "it is empty")
-    if len(stripped.encode("utf-8")) > MAX_PATH_BYTES * 4:
-        # Checked early so that a megabyte-long "name" is not split and scanned part by part.
-        raise UnsafePathError(name, f"it is longer than {MAX_PATH_BYTES} bytes")
-    unified = stripped.replace("\\", "/")
-    if unified.startswith("/"):
-        raise UnsafePathError(name, "it is an absolute path (or a network share)")
-    if re.match(r"^[A-Za-z]:", unified):
-        raise UnsafePathError(name, "it starts with a drive letter")
-    parts: list[str] = []
-    for part in unified.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            raise UnsafePathError(name, "it goes up to the parent folder with '..'")
-        if part.startswith("~"):
-            raise UnsafePathError(name, "it starts with '~', which a shell expands to a home folder")
-        if part.startswith("-"):
-            # "python -c.py" runs code, "git add -f.py" adds a flag: names are passed on command lines later.
-            raise UnsafePathError(name, "a part of it starts with '-', which a command line reads as an option")
-        bad = sorted(set(part) & _WINDOWS_FORBIDDEN_CHARS)
-        if bad:
-            raise UnsafePathError(name, f"it contains {''.join(bad)!r}, which Windows does not allow in file names")
-        if part.endswith((".", " ")):
-            raise UnsafePathError(name, "a part of it ends with a dot or a space, which Windows drops silently")
-        if part.split(".", 1)[0].strip().lower() in _WINDOWS_RESERVED:
-            raise UnsafePathError(name, f"{part!r} is a device name on Windows")
-        if part.lower() == ".git":
-            raise UnsafePathError(name, "it writes into .git, whose hooks would run on the user's next git command")
-        if len(part.encode("utf-8")) > MAX_COMPONENT_BYTES:
-            raise UnsafePathError(name, f"a part of it is longer than {MAX_COMPONENT_BYTES} bytes")
-        parts.append(part)
-    if not parts:
-        raise UnsafePathError(name, "it names no file (only '.' and separators)")
-    normalised = "/".join(parts)
-    if len(normalised.encode("utf-8")) > MAX_PATH_BYTES:
-        raise UnsafePathError(name, f"it is longer than {MAX_PATH_BYTES} bytes")
-    return PurePosixPath(normalised)
+    return _checked_relative_path(name, UnsafePathError)
 
 
 # --- extraction ------------------------------------------------------------------------------------------------
