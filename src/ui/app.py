@@ -219,27 +219,39 @@ def main(page: ft.Page) -> None:
 def run_gui(*, web: bool, host: str = "127.0.0.1", port: int = 0) -> int:
     """Open the desktop window, or serve the app to a browser. Falls back to the browser when the window can't
     start (the desktop client cannot be fetched, no display), saying why."""
-    from src.ui.desktop import desktop_unavailable_reason
     from src.utils.cpu import leave_a_core_for_the_ui
 
     # The GUI shares the CPU with its own rendering (and, in web mode, a browser): models compute on one core fewer
     # than the machine has, or a redraw during a reply can make decoding tens of times slower (src/utils/cpu.py).
     leave_a_core_for_the_ui()
-    view = ft.AppView.WEB_BROWSER
-    if not web:
-        reason = desktop_unavailable_reason()
-        if reason is None:
-            view = ft.AppView.FLET_APP
-        else:
-            print(f"Hearth: the desktop window cannot open: {reason}. Opening Hearth in your browser instead.",
-                  file=sys.stderr, flush=True)
-    if os.environ.get("FLET_FORCE_WEB_SERVER", "").lower() in ("1", "true", "yes"):
-        view = ft.AppView.WEB_BROWSER  # else Flet would serve its own web server, the one without Hearth's checks
-    if view == ft.AppView.WEB_BROWSER:
+    if choose_view(web) == ft.AppView.WEB_BROWSER:
         from src.ui.network import pick_port
         from src.ui.web import serve_web_gui
 
         serve_web_gui(main, host=host, port=pick_port(host, port), assets_dir=str(ASSETS_DIR))
         return 0
-    ft.run(main, view=view, host=host, port=port, assets_dir=str(ASSETS_DIR), no_cdn=True)
+    # Port 0: the window talks to Hearth over a Unix socket (Linux, macOS), never a TCP port a web page can reach.
+    # Flet would take FLET_SERVER_PORT over it.
+    os.environ.pop("FLET_SERVER_PORT", None)
+    ft.run(main, view=ft.AppView.FLET_APP, port=0, assets_dir=str(ASSETS_DIR), no_cdn=True)
     return 0
+
+
+def choose_view(web: bool) -> ft.AppView:
+    """The desktop window, unless asked for the browser or the window cannot start (saying why). Whenever Flet itself
+    would serve a browser in place of the window (FLET_FORCE_WEB_SERVER, or Linux without X11's DISPLAY: Wayland
+    only), Hearth serves it instead: Flet's own web server has none of Hearth's checks."""
+    from flet.utils import get_bool_env_var, is_linux_server
+
+    from src.ui.desktop import desktop_unavailable_reason
+
+    if web:
+        return ft.AppView.WEB_BROWSER
+    reason = desktop_unavailable_reason()
+    if reason is not None:
+        print(f"Hearth: the desktop window cannot open: {reason}. Opening Hearth in your browser instead.",
+              file=sys.stderr, flush=True)  # fmt: skip
+        return ft.AppView.WEB_BROWSER
+    if get_bool_env_var("FLET_FORCE_WEB_SERVER") or is_linux_server():
+        return ft.AppView.WEB_BROWSER
+    return ft.AppView.FLET_APP

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
@@ -45,12 +46,15 @@ MAX_PATH_BYTES = 1024  # well under PATH_MAX (4096) so the folder's own path sti
 # Names Windows gives to devices: "con.py" can't be created there, and writing "nul" silently discards the data.
 _WINDOWS_RESERVED = frozenset(
     {"con", "prn", "aux", "nul", "conin$", "conout$"}
-    | {f"com{i}" for i in range(10)}
-    | {f"lpt{i}" for i in range(10)}
+    | {f"com{i}" for i in (*range(10), "¹", "²", "³")}
+    | {f"lpt{i}" for i in (*range(10), "¹", "²", "³")}
 )
 # Characters Windows refuses in names (":" also opens NTFS alternate data streams); refused everywhere so that a
 # folder written on Linux can be copied to Windows.
 _WINDOWS_FORBIDDEN_CHARS = frozenset('<>:"|?*')
+
+# Format characters (bidi overrides, zero-width spaces and joiners) and line or paragraph separators.
+_INVISIBLE_CATEGORIES = frozenset({"Cf", "Zl", "Zp"})
 
 # Builds the caller's own typed error from (the name as given, why it is refused).
 UnsafeName = Callable[[object, str], Exception]
@@ -71,6 +75,9 @@ def relative_parts(name: object, unsafe: UnsafeName, *, exact: bool = False) -> 
         raise unsafe(name, "it is not text")
     if any(ord(ch) < 32 or 0x7F <= ord(ch) <= 0x9F for ch in name):
         raise unsafe(name, "it contains NUL or control characters")
+    if any(unicodedata.category(ch) in _INVISIBLE_CATEGORIES for ch in name):
+        # A right-to-left override shows "evil\u202eyp.txt" as "eviltxt.py"; zero-width characters hide a twin.
+        raise unsafe(name, "it contains invisible or direction-changing characters")
     stripped = name.strip()
     if not stripped:
         raise unsafe(name, "it is empty")
@@ -130,6 +137,12 @@ def safe_relative_path(name: object, unsafe: UnsafeName, *, exact: bool = False)
     if len(normalised.encode("utf-8")) > MAX_PATH_BYTES:
         raise unsafe(name, f"it is longer than {MAX_PATH_BYTES} bytes")
     return PurePosixPath(normalised)
+
+
+def same_file_key(name: str) -> str:
+    """What a case-insensitive, normalising file system (Windows, macOS) keeps of a name: two names with the same key
+    are one file there (``config.json`` and ``CONFIG.JSON``, ``é`` composed or not)."""
+    return unicodedata.normalize("NFC", name).casefold()
 
 
 def resolves_inside(folder: Path, path: Path) -> bool:

@@ -37,7 +37,7 @@ from src.errors import (
 )
 from src.settings import get_settings
 from src.utils.catalog import GGUF_SUFFIX, is_model_gguf
-from src.utils.files import relative_parts, safe_relative_path
+from src.utils.files import relative_parts, safe_relative_path, same_file_key
 from src.utils.http_client import direct_mounts_for, is_loopback, origin
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,17 @@ GGUF_QUANT_PREFERENCE = ("q4_k_m", "q4_k_s", "q4_0", "q5_k_m", "q4_1", "q5_0", "
 # is a million files, hundreds of times the largest model repository, yet only seconds of requests before an endless
 # listing is refused (each page is kept in memory until the listing ends).
 MAX_LISTING_PAGES = 1000
+# One metadata answer (a revision, a listing page of about 1,000 entries: a few hundred KB on the Hub).
+MAX_METADATA_BYTES = 16 * 1024 * 1024
+
+
+class RefusedAnswer(httpx.HTTPError):
+    """A metadata answer Hearth does not read on: a redirect to another server, or too many bytes. An HTTP error
+    like a dropped connection, so every caller already treats that endpoint as failed."""
+
+    def __init__(self, message: str, *, request: httpx.Request) -> None:
+        super().__init__(message)
+        self.request = request
 
 
 def validate_repo_id(repo: str) -> str:
@@ -185,17 +196,33 @@ class HubClient:
             return response, None
 
     def _get(self, url: str, timeout: float | None = None) -> httpx.Response:
+        """GET metadata, following redirects on the same server only (the Hub moves a renamed repository within
+        itself; a mirror sending Hearth elsewhere could make it request a service on this machine or the local
+        network) and reading at most ``MAX_METADATA_BYTES``."""
         started_at = url
         for _ in range(5):
             kwargs: dict[str, Any] = {"headers": self.auth_headers(url, started_at=started_at)}
             if timeout is not None:
                 kwargs["timeout"] = timeout
-            response = self.client_for(url).get(url, **kwargs)
+            response = self._bounded_get(url, kwargs)
             if response.is_redirect and "location" in response.headers:
                 url = str(httpx.URL(url).join(response.headers["location"]))
+                if origin(url) != origin(started_at):
+                    raise RefusedAnswer(f"{started_at} redirected to another server ({url})", request=response.request)
                 continue
             return response
         raise DownloadError(f"Too many redirects at {url}.")
+
+    def _bounded_get(self, url: str, options: dict[str, Any]) -> httpx.Response:
+        with self.client_for(url).stream("GET", url, **options) as streamed:
+            body = bytearray()
+            for chunk in streamed.iter_bytes():
+                body += chunk
+                if len(body) > MAX_METADATA_BYTES:
+                    raise RefusedAnswer(f"{url} answered with more than {MAX_METADATA_BYTES:,} bytes of metadata",
+                                        request=streamed.request)  # fmt: skip
+            return httpx.Response(streamed.status_code, headers=streamed.headers, content=bytes(body),
+                                  request=streamed.request)  # fmt: skip
 
     def close(self) -> None:
         with self._lock:
@@ -301,10 +328,15 @@ class HubClient:
         """The files of ``repo`` at ``commit`` that loading needs, with sizes and checksums."""
         entries = self._tree(endpoint, repo, commit)
         files = select_files(entries, gguf_file=gguf_file)
+        written: dict[str, str] = {}
         for remote in files:
             # The files that will be written get the full check too (Windows device names, ':', '~', ...); the rest
             # of the listing only had to be plain relative names (see _file_entry).
             safe_relative_path(remote.path, _unsafe_name_from(endpoint), exact=True)
+            twin = written.setdefault(same_file_key(remote.path), remote.path)
+            if twin != remote.path:
+                raise UnsafeRemoteFileNameError(remote.path, endpoint, f"it is {twin!r} on Windows and macOS, which "
+                                                "do not tell case or Unicode forms apart: one would overwrite the other")  # fmt: skip
         return RepoSnapshot(repo=repo, revision=revision, commit=commit, files=tuple(files))
 
     def _tree(self, endpoint: str, repo: str, commit: str) -> list[dict[str, Any]]:

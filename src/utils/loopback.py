@@ -15,8 +15,10 @@ listener (``LoopbackGuard``, an ASGI middleware for HTTP and WebSocket alike):
   and sends the browser to the same address without it, so the key leaves the address bar. Without the key or the
   cookie nothing is served (403), not even a static file: the port is easy to guess, the key is not.
 
-And ``drop_cors_headers`` removes any ``Access-Control-Allow-*`` header from the answers (Flet's web server sends
-``Access-Control-Allow-Origin: *`` on everything, which would let any site read them).
+For pages (``for_pages``, the web GUI) any ``Access-Control-Allow-*`` header is removed from the answers (Flet's web
+server sends ``Access-Control-Allow-Origin: *`` on everything, which would let any site read them), and framing is
+forbidden (``X-Frame-Options``, ``frame-ancestors``). The cookie itself reaches every server on 127.0.0.1 (cookies
+know hosts, not ports): a program listening there could read it, as it could read the printed link.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ import socket
 import threading
 import urllib.parse
 from collections.abc import Callable, Sequence
-from http.cookies import CookieError, SimpleCookie
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -104,13 +105,13 @@ class LoopbackGuard:
         *,
         allowed_origins: Sequence[str] = (),
         token: str | None = None,
-        drop_cors_headers: bool = False,
+        for_pages: bool = False,
         refusal: Refusal | None = None,
     ) -> None:
         self.app = app
         self._origins = {origin.rstrip("/") for origin in allowed_origins}
         self._token = token.encode() if token else None
-        self._drop_cors_headers = drop_cors_headers
+        self._for_pages = for_pages
         self._refusal = refusal or text_refusal
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -121,7 +122,7 @@ class LoopbackGuard:
         if answer is not None:
             await answer(scope, receive, send)
             return
-        await self.app(scope, receive, self._filtered(send) if self._drop_cors_headers else send)
+        await self.app(scope, receive, self._page_headers(send) if self._for_pages else send)
 
     def _answer_instead(self, scope: Scope) -> ASGIApp | None:
         """None when the request may go on to the app; else what to answer: a refusal, or the token's redirect."""
@@ -142,7 +143,9 @@ class LoopbackGuard:
             if scope["type"] == "http" and scope.get("method") in ("GET", "HEAD"):
                 # Into a cookie, and out of the address bar (and the history, and what a screenshot shows).
                 rest = urllib.parse.urlencode([(n, v) for n, v in query if n != TOKEN_PARAMETER])
-                location = scope.get("root_path", "") + scope.get("path", "/") + (f"?{rest}" if rest else "")
+                # One leading slash, the rest percent-encoded: "//evil.example" or "/\\evil" would leave the site.
+                path = "/" + urllib.parse.quote(scope.get("path", "/").lstrip("/\\"), safe="/")
+                location = path + (f"?{rest}" if rest else "")
                 cookie = f"{cookie_name}={self._token.decode()}; Path=/; HttpOnly; SameSite=Strict"
                 return _plain_response(303, b"", b"text/plain", [
                     (b"location", location.encode()), (b"set-cookie", cookie.encode()), (b"cache-control", b"no-store"),
@@ -164,14 +167,20 @@ class LoopbackGuard:
         return "*" in self._origins or origin.rstrip("/") in self._origins or origin_is_this_listener(origin, port)
 
     @staticmethod
-    def _filtered(send: Send) -> Send:
-        async def send_without_cors(message: Message) -> None:
+    def _page_headers(send: Send) -> Send:
+        async def send_as_page(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [(name, value) for name, value in message.get("headers", [])
-                                                  if not name.lower().startswith(b"access-control-allow-")]}  # fmt: skip
+                headers = [(name, value) for name, value in message.get("headers", [])
+                           if not name.lower().startswith(b"access-control-allow-")]  # fmt: skip
+                message = {**message, "headers": [*headers, *_NEVER_FRAMED]}
             await send(message)
 
-        return send_without_cors
+        return send_as_page
+
+
+# A page on another port of 127.0.0.1 is "same-site": it could frame the app, with the cookie, and have the user click
+# in it (clickjacking). No one may frame it.
+_NEVER_FRAMED = ((b"x-frame-options", b"DENY"), (b"content-security-policy", b"frame-ancestors 'none'"))
 
 
 async def _close_websocket(scope: Scope, receive: Receive, send: Send) -> None:
@@ -197,12 +206,13 @@ def _headers(scope: Scope) -> dict[str, str]:
 
 
 def _cookie(header: str, name: str) -> str:
-    try:
-        cookies = SimpleCookie(header)
-    except CookieError:
-        return ""
-    morsel = cookies.get(name)
-    return morsel.value if morsel is not None else ""
+    """The value of cookie ``name``, read by hand: every server on 127.0.0.1 shares the cookies of this host, and
+    SimpleCookie drops the whole header for one malformed cookie another local app set."""
+    for piece in header.split(";"):
+        key, separator, value = piece.strip().partition("=")
+        if separator and key.strip() == name:
+            return value.strip().strip('"')
+    return ""
 
 
 # --- serving ---------------------------------------------------------------------------------------------------

@@ -8,12 +8,15 @@ outside the model folder, never shows the token where it must not go, and keeps 
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -25,7 +28,7 @@ from src.errors import (
 )
 from src.settings import ENV_HF_TOKEN, ENV_HUB_TOKEN_HOSTS, reload_settings
 from src.utils.downloader import DONE, FAILED, MAX_RESTARTS_PER_ENDPOINT, PAUSED, CancelToken, DownloadState, part_path
-from src.utils.hub_api import MAX_LISTING_PAGES
+from src.utils.hub_api import MAX_LISTING_PAGES, MAX_METADATA_BYTES, HubClient, RefusedAnswer
 from src.utils.ModelManager import ModelManager
 from tests.mock_hub import Faults, MockHub, make_random_file
 
@@ -217,7 +220,8 @@ def test_a_next_page_on_another_server_is_never_requested(models_dir: Path, hub:
 
 @pytest.mark.parametrize(
     "name",
-    ["..\\evil", "C:evil", "/etc/x", "a/../../x", "a\\b", "C:\\x", "..\\evil.safetensors", "a//b", "./a", "a\x00b"],
+    ["..\\evil", "C:evil", "/etc/x", "a/../../x", "a\\b", "C:\\x", "..\\evil.safetensors", "a//b", "./a", "a\x00b",
+     "evil\u202eyp.txt", "con\u200bfig.json"],
 )
 def test_a_hostile_file_name_refuses_the_listing_before_anything_is_written(
     models_dir: Path, hub: MockHub, name: str
@@ -229,6 +233,13 @@ def test_a_hostile_file_name_refuses_the_listing_before_anything_is_written(
     assert not hub.requests_for("*/resolve/*")
     assert [p.name for p in folder_of(models_dir).iterdir()] == [".download.lock"]
     assert not [p for p in models_dir.parent.rglob("*") if p.name in ("evil", "x", "b") or "evil" in p.name]
+
+
+def test_two_files_that_one_file_system_would_make_one_are_refused(models_dir: Path, hub: MockHub) -> None:
+    hub.tree_extra_entries = [{"type": "file", "oid": "0" * 40, "size": 10, "path": "Model.safetensors"}]
+    with pytest.raises(UnsafeRemoteFileNameError, match="case or Unicode"):
+        bounded([hub.endpoint], hub)
+    assert not hub.requests_for("*/resolve/*")
 
 
 def test_a_downloaded_file_with_a_windows_device_name_is_refused(models_dir: Path, hub: MockHub) -> None:
@@ -286,3 +297,54 @@ def test_the_token_is_not_forwarded_on_a_redirect_to_another_server(
         cdn = [r for r in hub.log if r.listener == "cdn"]
         assert cdn and all(r.header("authorization") is None for r in cdn)
     assert_weights_complete(models_dir, repo)
+
+
+# --- metadata answers: redirects and size -------------------------------------------------------------------------
+
+
+class _ScriptedMirror(http.server.BaseHTTPRequestHandler):
+    """A mirror whose every GET gets the same scripted answer (a fake: it only says what the test needs)."""
+
+    answer: ClassVar[tuple[int, dict[str, str], bytes]] = (200, {}, b"{}")
+    seen: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        type(self).seen.append(self.path)
+        status, headers, body = self.answer
+        self.send_response(status)
+        for name, value in {**headers, "Content-Length": str(len(body))}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def scripted_mirror(status: int, headers: dict[str, str], body: bytes) -> Iterator[tuple[str, list[str]]]:
+    """Serves the answer on a free port; yields its URL and the list of paths it was asked for."""
+    handler = type("Mirror", (_ScriptedMirror,), {"answer": (status, headers, body), "seen": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", handler.seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_metadata_is_never_fetched_from_where_a_mirror_redirects_elsewhere() -> None:
+    with scripted_mirror(200, {}, b'{"sha": "0123"}') as (target, asked), \
+            scripted_mirror(302, {"Location": f"{target}/internal-service"}, b"") as (mirror, _):  # fmt: skip
+        with pytest.raises(RefusedAnswer, match="another server"):
+            HubClient([mirror]).get_json(HubClient.revision_url(mirror, REPO, "main"))
+        assert asked == []  # the local "service" was never asked
+
+
+def test_a_metadata_answer_is_read_up_to_a_bound() -> None:
+    huge = b"[" + b'{"type": "file", "path": "x", "size": 1},' * (MAX_METADATA_BYTES // 40) + b"{}]"
+    with scripted_mirror(200, {"Content-Type": "application/json"}, huge) as (mirror, _), \
+            pytest.raises(RefusedAnswer, match="more than"):  # fmt: skip
+        HubClient([mirror]).get_json(f"{mirror}/api/models/{REPO}/tree/main")

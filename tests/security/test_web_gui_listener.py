@@ -81,6 +81,21 @@ def test_the_printed_link_carries_a_key_that_becomes_a_cookie(hearth: AppServer)
     status, headers, body = request(hearth, ["GET / HTTP/1.1", f"Host: 127.0.0.1:{hearth.port}", f"Cookie: {the_cookie(hearth)}"])
     assert status == 200 and b"flutter" in body.lower()
     assert "access-control-allow-origin" not in headers  # Flet's "*" is taken off
+    assert headers["x-frame-options"] == "DENY" and "frame-ancestors 'none'" in headers["content-security-policy"]
+
+
+def test_the_keys_redirect_stays_on_this_site(hearth: AppServer) -> None:
+    for path, expected in (("//evil.example", "/evil.example"), ("/%5Cevil.example", "/evil.example"),
+                           ("/settings", "/settings")):  # fmt: skip
+        status, headers, _ = request(hearth, [f"GET {path}?token={token_of(hearth)} HTTP/1.1",
+                                              f"Host: 127.0.0.1:{hearth.port}"])  # fmt: skip
+        assert status == 303 and headers["location"] == expected, (path, headers.get("location"))
+
+
+def test_another_local_apps_odd_cookie_does_not_lock_the_user_out(hearth: AppServer) -> None:
+    cookies = f'x={{"a": 1}}; other="unclosed; {the_cookie(hearth)}'  # cookies are shared by every port of a host
+    status, _, _ = request(hearth, ["GET / HTTP/1.1", f"Host: 127.0.0.1:{hearth.port}", f"Cookie: {cookies}"])
+    assert status == 200
 
 
 def test_without_the_key_nothing_is_served(hearth: AppServer) -> None:
@@ -103,3 +118,37 @@ def test_a_foreign_page_cannot_open_the_apps_websocket(hearth: AppServer) -> Non
     assert websocket_handshake(hearth, origin="null", cookie=the_cookie(hearth)) == 403  # a sandboxed iframe
     assert websocket_handshake(hearth, origin=own(hearth), cookie=None) == 403  # no key
     assert websocket_handshake(hearth, origin=own(hearth), cookie=the_cookie(hearth)) == 101  # the app itself
+
+
+# --- which server runs, and how the browser is sent to it ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("environment", "expected"), [
+    ({"WAYLAND_DISPLAY": "wayland-0"}, "web"),  # Flet would serve its own unguarded web server here
+    ({"DISPLAY": ":0", "FLET_FORCE_WEB_SERVER": "1"}, "web"),
+    ({"DISPLAY": ":0"}, "window"),
+])  # fmt: skip
+def test_whenever_flet_would_serve_a_browser_hearth_serves_it(monkeypatch: pytest.MonkeyPatch,
+                                                              environment: dict[str, str], expected: str) -> None:  # fmt: skip
+    import flet as ft
+
+    from src.ui import app, desktop
+
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "FLET_FORCE_WEB_SERVER"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(desktop, "desktop_unavailable_reason", lambda: None)  # a desktop client on disk
+    monkeypatch.setattr("sys.platform", "linux")
+    view = app.choose_view(web=False)
+    assert view == (ft.AppView.WEB_BROWSER if expected == "web" else ft.AppView.FLET_APP)
+
+
+def test_the_browser_is_opened_on_a_private_page_not_on_the_key(tmp_path: Path) -> None:
+    from src.ui.web import opening_page
+
+    url = "http://127.0.0.1:8550/?token=SECRET-KEY"
+    page = opening_page(tmp_path, url)
+    assert "SECRET" not in page.as_uri()  # what goes on the browser's command line, visible to every user
+    assert page.stat().st_mode & 0o777 == 0o600
+    assert 'content="0;url=http://127.0.0.1:8550/?token=SECRET-KEY"' in page.read_text()
