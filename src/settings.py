@@ -7,10 +7,13 @@ Settings are parsed once per process; tests that change the environment call ``r
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+
+from src.errors import InvalidSettingError
 
 APP_NAME = "Hearth"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -142,8 +145,8 @@ class Settings:
             dtype=env.get(ENV_DTYPE) or None,
             backend=normalize_backend(env.get(ENV_BACKEND) or BACKEND_AUTO),
             api_key_override=env.get(ENV_API_KEY) or None,
-            remote_read_timeout_s=float(env.get(ENV_REMOTE_READ_TIMEOUT) or REMOTE_READ_TIMEOUT_S),
-            max_new_tokens=int(env.get(ENV_MAX_NEW_TOKENS) or DEFAULT_MAX_NEW_TOKENS),
+            remote_read_timeout_s=_positive_number(env, ENV_REMOTE_READ_TIMEOUT, REMOTE_READ_TIMEOUT_S),
+            max_new_tokens=_whole_number(env, ENV_MAX_NEW_TOKENS, DEFAULT_MAX_NEW_TOKENS),
             warehouse_dir=Path(env[ENV_WAREHOUSE_DIR]).expanduser() if env.get(ENV_WAREHOUSE_DIR) else PROJECT_ROOT / "WareHouse",
             evolution_dir=Path(env[ENV_EVOLUTION_DIR]).expanduser() if env.get(ENV_EVOLUTION_DIR) else data_dir / "evolution",
             hf_endpoint=(env.get(ENV_HF_ENDPOINT) or "").strip().rstrip("/") or None,
@@ -153,7 +156,7 @@ class Settings:
                 if h.strip()
             ),
             server_api_key=(env.get(ENV_SERVER_API_KEY) or "").strip() or None,
-            lean_decoder=(env.get(ENV_LEAN_DECODER) or "1").strip().lower() not in {"0", "false", "no", "off"},
+            lean_decoder=_switch(env, ENV_LEAN_DECODER, default=True),
             threads=parse_threads(env.get(ENV_THREADS)),
             sandbox=parse_sandbox(env.get(ENV_SANDBOX)),
         )
@@ -169,9 +172,7 @@ class Settings:
 def parse_sandbox(value: str | None) -> str:
     mode = (value or SANDBOX_AUTO).strip().lower()
     if mode not in SANDBOX_MODES:
-        from src.errors import ConfigError
-
-        raise ConfigError(f"{ENV_SANDBOX} must be one of {', '.join(SANDBOX_MODES)}, not {value!r}.")
+        raise _invalid(ENV_SANDBOX, value, f"one of {', '.join(SANDBOX_MODES)}")
     return mode
 
 
@@ -181,10 +182,46 @@ def parse_threads(value: str | None) -> int | None:
     if text in ("", "auto"):
         return None
     if not text.isdigit() or int(text) < 1:
-        from src.errors import ConfigError
-
-        raise ConfigError(f"{ENV_THREADS} must be a whole number of at least 1, or 'auto', not {value!r}.")
+        raise _invalid(ENV_THREADS, value, "a whole number of at least 1, or 'auto'")
     return int(text)
+
+
+def _whole_number(env: dict[str, str], name: str, default: int) -> int:
+    text = (env.get(name) or "").strip()
+    if not text:
+        return default
+    if not text.isdigit() or int(text) < 1:
+        raise _invalid(name, env.get(name), "a whole number of at least 1")
+    return int(text)
+
+
+def _positive_number(env: dict[str, str], name: str, default: float) -> float:
+    text = (env.get(name) or "").strip()
+    if not text:
+        return default
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or number <= 0:
+        raise _invalid(name, env.get(name), "a number of seconds above 0")
+    return number
+
+
+_SWITCH_VALUES = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
+def _switch(env: dict[str, str], name: str, *, default: bool) -> bool:
+    text = (env.get(name) or "").strip().lower()
+    if not text:
+        return default
+    if text not in _SWITCH_VALUES:
+        raise _invalid(name, env.get(name), "1 or 0 (true/false, yes/no, on/off)")
+    return _SWITCH_VALUES[text]
+
+
+def _invalid(name: str, value: str | None, expected: str) -> InvalidSettingError:
+    return InvalidSettingError(name, value or "", expected)
 
 
 @lru_cache(maxsize=1)

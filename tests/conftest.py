@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,8 +12,11 @@ import keyring.backends.fail
 import pytest
 from keyring.backend import KeyringBackend
 
-from src.settings import ENV_API_KEY, ENV_DATA_DIR, ENV_DB_PATH, ENV_HF_ENDPOINT, ENV_HF_TOKEN, ENV_MODELS_DIR, reload_settings
+from src.settings import ENV_DATA_DIR, ENV_HF_ENDPOINT, ENV_HF_TOKEN, ENV_MODELS_DIR, reload_settings
 from tests.keyring_backends import InMemoryKeyring
+
+# Where the models are (the embedded one converted once, about 20 s) and where Chromium is: not settings of a run.
+_KEPT_VARIABLES = frozenset({ENV_MODELS_DIR, "HEARTH_E2E_CHROMIUM"})
 
 
 @contextmanager
@@ -29,16 +33,14 @@ def _installed_keyring(backend: KeyringBackend) -> Iterator[KeyringBackend]:
 def hearth_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Point all of Hearth's state at a fresh temporary folder (the models folder is left alone)."""
     data_dir = tmp_path / "hearth-data"
-    monkeypatch.setenv(ENV_DATA_DIR, str(data_dir))
-    # A developer's own HEARTH_DB_PATH would escape the temporary folder, and HEARTH_API_KEY would change results.
-    monkeypatch.delenv(ENV_DB_PATH, raising=False)
-    monkeypatch.delenv(ENV_API_KEY, raising=False)
+    # A developer's own settings must not change what the tests run (HEARTH_DB_PATH would even escape the
+    # temporary folder): every HEARTH_* variable goes, but the few that say where things are on this machine.
+    for name in list(os.environ):
+        if name.startswith("HEARTH_") and name not in _KEPT_VARIABLES:
+            monkeypatch.delenv(name)
     monkeypatch.delenv(ENV_HF_ENDPOINT, raising=False)
     monkeypatch.delenv(ENV_HF_TOKEN, raising=False)
-    monkeypatch.delenv("HEARTH_MAX_NEW_TOKENS", raising=False)
-    monkeypatch.delenv("HEARTH_DTYPE", raising=False)
-    monkeypatch.delenv("HEARTH_LEAN_DECODER", raising=False)
-    monkeypatch.delenv("HEARTH_THREADS", raising=False)
+    monkeypatch.setenv(ENV_DATA_DIR, str(data_dir))
     # The agent company writes projects: never into the repository's own WareHouse during tests.
     monkeypatch.setenv("HEARTH_WAREHOUSE_DIR", str(tmp_path / "WareHouse"))
     reload_settings()
