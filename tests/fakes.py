@@ -15,7 +15,6 @@ from src.utils.generation import (
     FINISH_STOP,
     ChatMessage,
     GenerationParams,
-    GenerationResult,
     GenerationStats,
     TextStream,
 )
@@ -60,6 +59,4 @@ class ScriptedFakeModel:
         finally:
             if finish == FINISH_ERROR and stream.cancelled.is_set():
                 finish = FINISH_CANCELLED
-            stream.result = GenerationResult(
-                "".join(sent), self.name, finish, GenerationStats(prompt_tokens=1, completion_tokens=len(sent))
-            )
+            stream.finish(self.name, finish, GenerationStats(prompt_tokens=1, completion_tokens=len(sent)))

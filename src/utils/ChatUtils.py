@@ -119,18 +119,15 @@ class AIRequestHandlerWithHistory:
         return self.get_streaming_response(chat_id, text, **params).collect().text
 
     def _save_when_done(self, reply: ChatReply, model_stream: TextStream, user_message: StoredMessage) -> Iterator[str]:
-        parts: list[str] = []
         failed = True
         try:
-            for piece in model_stream:
-                parts.append(piece)
-                yield piece
+            yield from model_stream
             failed = False
         finally:
             if model_stream.result is None:  # we stopped reading before the model ended: stop the model too
                 model_stream.close()
             result = model_stream.result or GenerationResult(
-                text="".join(parts), model=self.model.model_name, finish_reason=FINISH_ERROR
+                text=model_stream.text, model=self.model.model_name, finish_reason=FINISH_ERROR
             )
             if failed and result.finish_reason not in (FINISH_CANCELLED, FINISH_ERROR):
                 result.finish_reason = FINISH_CANCELLED if reply.cancelled.is_set() else FINISH_ERROR

@@ -387,7 +387,6 @@ class LocalLLMEngine:
                 pieces.put(_END)
 
         started = time.perf_counter()
-        parts: list[str] = []
         finish_reason = FINISH_ERROR
         worker = self._worker.submit(run)
         try:
@@ -399,14 +398,12 @@ class LocalLLMEngine:
                 if stop_filter.stopped:
                     stop_requested.set()
                 if shown:
-                    parts.append(shown)
                     yield shown
             worker.wait()
             if failure:
                 raise failure[0]
             tail = stop_filter.flush()
             if tail and not cancelled.is_set():
-                parts.append(tail)
                 yield tail
             if cancelled.is_set():
                 finish_reason = FINISH_CANCELLED
@@ -425,11 +422,10 @@ class LocalLLMEngine:
                 if finish_reason == FINISH_ERROR and cancelled.is_set():
                     finish_reason = FINISH_CANCELLED
             stats = sink.stats(prompt_tokens=prompt.prompt_tokens, started=started)
-            text_stream.result = GenerationResult(
-                text="".join(parts),
-                model=loaded.model_id,
-                finish_reason=finish_reason,
-                stats=stats,
+            text_stream.finish(
+                loaded.model_id,
+                finish_reason,
+                stats,
                 dropped_messages=prompt.dropped_messages,
                 max_new_tokens_clamped_to=prompt.max_new_tokens if prompt.max_new_tokens_clamped else None,
             )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from src import settings as _settings
 from src.errors import InvalidParameterError
@@ -107,18 +107,56 @@ class GenerationResult:
 
 
 class TextStream(Iterator[str]):
-    """An iterator of text pieces with ``cancel()`` (thread-safe) and a ``result`` once it has ended.
+    """An iterator of text pieces with ``cancel()`` (thread-safe) that owns its text (``text``: every piece it has
+    delivered) and has a ``result`` once it has ended (as simonw/llm's ``Response``).
 
-    Producers call ``start(pieces)`` with a generator that yields text and sets ``stream.result`` before it
-    returns; they watch ``stream.cancelled`` and may register ``on_cancel`` callbacks (e.g. close a socket).
+    Producers call ``start(pieces)`` with a generator that yields text and, before it returns, reports how it ended
+    with ``finish(model, finish_reason, stats, ...)``: the text is the stream's own, so a producer never counts it
+    twice. They watch ``stream.cancelled`` and may register ``on_cancel`` callbacks (e.g. close a socket); consumers
+    may register ``on_done`` callbacks, called with the result when the stream has ended.
     """
 
     def __init__(self) -> None:
         self.cancelled = threading.Event()
-        self.result: GenerationResult | None = None
+        self._result: GenerationResult | None = None
+        self._parts: list[str] = []
         self._pieces: Iterator[str] = iter(())
         self._cancel_callbacks: list[Callable[[], None]] = []
+        self._done_callbacks: list[Callable[[GenerationResult], None]] = []
         self._lock = threading.Lock()
+
+    @property
+    def text(self) -> str:
+        """The text delivered so far (all of it once the stream has ended)."""
+        return "".join(self._parts)
+
+    @property
+    def result(self) -> GenerationResult | None:
+        return self._result
+
+    @result.setter
+    def result(self, result: GenerationResult | None) -> None:
+        with self._lock:
+            first = self._result is None and result is not None
+            self._result = result
+            callbacks = list(self._done_callbacks) if first else []
+        for callback in callbacks:
+            assert result is not None
+            callback(result)
+
+    def finish(self, model: str, finish_reason: str, stats: GenerationStats | None = None, **details: Any) -> GenerationResult:
+        """The producer's last word: how the reply ended; the result's text is what this stream delivered."""
+        self.result = GenerationResult(text=self.text, model=model, finish_reason=finish_reason,
+                                       stats=stats or GenerationStats(), **details)  # fmt: skip
+        return self.result  # type: ignore[return-value]
+
+    def on_done(self, callback: Callable[[GenerationResult], None]) -> None:
+        """``callback(result)`` once the stream has ended (now, if it has)."""
+        with self._lock:
+            self._done_callbacks.append(callback)
+            result = self._result
+        if result is not None:
+            callback(result)
 
     def start(self, pieces: Iterator[str]) -> "TextStream":
         self._pieces = self._tracked(pieces)
@@ -157,7 +195,9 @@ class TextStream(Iterator[str]):
         return self
 
     def __next__(self) -> str:
-        return next(self._pieces)
+        piece = next(self._pieces)
+        self._parts.append(piece)
+        return piece
 
     def collect(self) -> GenerationResult:
         """Consume the rest of the stream and return its result."""

@@ -30,7 +30,7 @@ import re
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -45,7 +45,6 @@ from src.errors import (
     ServerUnreachableError,
 )
 from src.settings import get_settings
-from src.utils.http_client import SocketInterrupter, direct_mounts_for
 from src.utils.generation import (
     FINISH_CANCELLED,
     FINISH_ERROR,
@@ -53,11 +52,11 @@ from src.utils.generation import (
     FINISH_STOP,
     ChatMessage,
     GenerationParams,
-    GenerationResult,
     GenerationStats,
     StopStringFilter,
     TextStream,
 )
+from src.utils.http_client import SocketInterrupter, direct_mounts_for
 
 logger = logging.getLogger(__name__)
 
@@ -174,10 +173,9 @@ def _error_from_payload(payload: Any) -> tuple[str, str | None]:
 
 @dataclass
 class _Progress:
-    """What one reply has produced so far; turned into a GenerationResult however the reply ends."""
+    """How one reply is going (its text is the TextStream's own); its stats end the stream however it ends."""
 
     started_at: float
-    shown: list[str] = field(default_factory=list)
     content_chunks: int = 0
     first_token_at: float | None = None
     last_token_at: float | None = None
@@ -298,7 +296,7 @@ class OpenAICompatibleProvider:
             # TextStream.close() on a stream nobody iterated: the generator body never runs, so its finally
             # block cannot set the result. A generator that starts later sees the cancel and sets the same.
             if not started.is_set() and out.result is None:
-                out.result = GenerationResult(text="", model=model, finish_reason=FINISH_CANCELLED)
+                out.finish(model, FINISH_CANCELLED)
 
         out.on_cancel(disconnector.fire)
         out.on_cancel(settle_if_never_started)
@@ -436,7 +434,6 @@ class OpenAICompatibleProvider:
             for content in self._contents(response, progress):
                 shown = stop_filter.feed(content)
                 if shown:
-                    progress.shown.append(shown)
                     yield shown
                 if out.cancelled.is_set():
                     finish = FINISH_CANCELLED
@@ -450,7 +447,6 @@ class OpenAICompatibleProvider:
                 return
             tail = stop_filter.flush()
             if tail:
-                progress.shown.append(tail)
                 yield tail
             finish = progress.finish_reason or FINISH_STOP
         except GeneratorExit:  # TextStream.close() while suspended at a yield
@@ -468,9 +464,7 @@ class OpenAICompatibleProvider:
             disconnector.detach()
             if response is not None:
                 response.close()  # closes the connection mid-body: the server sees the client go away
-            out.result = GenerationResult(
-                text="".join(progress.shown), model=self._model, finish_reason=finish, stats=progress.stats()
-            )
+            out.finish(self._model, finish, progress.stats())
             logger.debug("reply from %s ended: %s", self._display_url, finish)
 
     def _contents(self, response: httpx.Response, progress: _Progress) -> Iterator[str]:

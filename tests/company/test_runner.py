@@ -22,7 +22,6 @@ from src.utils.generation import (
     FINISH_STOP,
     ChatMessage,
     GenerationParams,
-    GenerationResult,
     GenerationStats,
     TextStream,
 )
@@ -159,10 +158,8 @@ class PhaseScriptedFakeModel:
                     self.on_piece(len(sent))
                 yield piece
         finally:
-            text = "".join(sent)
-            stream.result = GenerationResult(
-                text, self.name, finish, GenerationStats(prompt_tokens=prompt_tokens, completion_tokens=len(text) // 4)
-            )
+            completion_tokens = len("".join(sent)) // 4
+            stream.finish(self.name, finish, GenerationStats(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens))
 
 
 def start(model: object, tmp_path: Path, **kwargs: object) -> tuple[CompanyResult, list[CompanyEvent]]:

@@ -16,7 +16,6 @@ from src.utils.generation import (
     FINISH_STOP,
     ChatMessage,
     GenerationParams,
-    GenerationResult,
     GenerationStats,
     TextStream,
 )
@@ -97,8 +96,7 @@ class KeyedScriptedFakeModel:
                 self.running -= 1
             if finish == FINISH_ERROR and stream.cancelled.is_set():
                 finish = FINISH_CANCELLED
-            stream.result = GenerationResult(
-                "".join(sent),
+            stream.finish(
                 self.name,
                 finish,
                 GenerationStats(
