@@ -471,3 +471,12 @@ def test_invalid_role_is_rejected_and_nothing_written() -> None:
     assert store.get_chat("c") is None
     db = get_database()
     assert _count(db, "chat") == 0 and _count(db, "message") == 0
+
+
+def test_migrations_register_in_order_and_never_twice() -> None:
+    from src.db import migrations
+
+    assert [m.__name__ for m in migrations.MIGRATIONS] == sorted(m.__name__ for m in migrations.MIGRATIONS)
+    with pytest.raises(ValueError, match="two migrations"):
+        migrations.migration(migrations.m001_initial)
+    assert migrations.MIGRATIONS.count(migrations.m001_initial) == 1

@@ -1,9 +1,9 @@
 """Versioned schema migrations, in the spirit of simonw/llm's ``migrations.py``.
 
-Every schema change, from the first release on, is a named function in ``MIGRATIONS``; the names of those applied
-are recorded in ``_hearth_migrations``. A migration is never edited once released: a change is a new function at
-the end of the list. Each pending migration runs in its own ``BEGIN IMMEDIATE`` transaction together with its
-record, so a crash leaves it either fully applied or not at all, and two processes opening a fresh database at
+Every schema change, from the first release on, is a function registered with ``@migration`` (in the order they
+appear in this file, which is the order they run); the names of those applied are recorded in
+``_hearth_migrations``. A migration is never edited once released: a change is a new function at the end. Each
+pending migration runs in its own ``BEGIN IMMEDIATE`` transaction together with its record, so a crash leaves it either fully applied or not at all, and two processes opening a fresh database at
 once serialise on SQLite's write lock: the second one finds the migration recorded and skips it.
 
 The SQL is written out here rather than generated from the model classes: the models describe the *current*
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import peewee
 
@@ -23,6 +23,17 @@ log = logging.getLogger(__name__)
 MIGRATIONS_TABLE = "_hearth_migrations"
 
 Migration = Callable[[peewee.SqliteDatabase], None]
+
+# Filled by @migration, in the order of definition. The function's name is what gets recorded: never rename one.
+MIGRATIONS: list[Migration] = []
+
+
+def migration(function: Migration) -> Migration:
+    """Register ``function`` as the next migration (as simonw/llm's ``@migration``)."""
+    if any(known.__name__ == function.__name__ for known in MIGRATIONS):
+        raise ValueError(f"two migrations are named {function.__name__}")
+    MIGRATIONS.append(function)
+    return function
 
 
 def _execute_script(db: peewee.SqliteDatabase, statements: tuple[str, ...]) -> None:
@@ -87,10 +98,12 @@ _M001_STATEMENTS = (
 )
 
 
+@migration
 def m001_initial(db: peewee.SqliteDatabase) -> None:
     _execute_script(db, _M001_STATEMENTS)
 
 
+@migration
 def m002_user_models(db: peewee.SqliteDatabase) -> None:
     _execute_script(
         db,
@@ -107,10 +120,6 @@ def m002_user_models(db: peewee.SqliteDatabase) -> None:
     )
 
 
-# Append only. The function's name is what gets recorded, so never rename one either.
-MIGRATIONS: tuple[Migration, ...] = (m001_initial, m002_user_models)
-
-
 def applied_migrations(db: peewee.SqliteDatabase) -> list[str]:
     """Names of the migrations recorded in ``db``, in the order they were applied."""
     if not db.table_exists(MIGRATIONS_TABLE):
@@ -121,13 +130,13 @@ def applied_migrations(db: peewee.SqliteDatabase) -> list[str]:
 
 def migrate(db: peewee.SqliteDatabase) -> list[str]:
     """Apply the pending migrations; return the names of those this call applied (``[]`` when up to date)."""
-    known = [migration.__name__ for migration in MIGRATIONS]
+    known = [step.__name__ for step in MIGRATIONS]
     applied = set(applied_migrations(db))
     unknown = applied.difference(known)
     if unknown:
         # A newer Hearth wrote this database. Carry on: migrations only add, so old code mostly still works.
         log.warning("The database has migrations this version does not know: %s", ", ".join(sorted(unknown)))
-    pending = [migration for migration in MIGRATIONS if migration.__name__ not in applied]
+    pending = [step for step in MIGRATIONS if step.__name__ not in applied]
     if not pending:
         return []
 
@@ -136,18 +145,18 @@ def migrate(db: peewee.SqliteDatabase) -> list[str]:
             f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (name TEXT NOT NULL PRIMARY KEY, applied_at TEXT NOT NULL)"
         )
     done: list[str] = []
-    for migration in pending:
-        name = migration.__name__
+    for step in pending:
+        name = step.__name__
         with db.atomic(lock_type="IMMEDIATE"):
             # Checked again under the write lock: another process may have applied it since we looked.
             already = db.execute_sql(f"SELECT 1 FROM {MIGRATIONS_TABLE} WHERE name = ?", (name,)).fetchone()
             if already:
                 continue
             log.info("Applying database migration %s", name)
-            migration(db)
+            step(db)
             db.execute_sql(
                 f"INSERT INTO {MIGRATIONS_TABLE} (name, applied_at) VALUES (?, ?)",
-                (name, datetime.now(timezone.utc).isoformat(timespec="microseconds")),
+                (name, datetime.now(UTC).isoformat(timespec="microseconds")),
             )
         done.append(name)
     return done

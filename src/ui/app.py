@@ -211,6 +211,10 @@ class HearthApp:
         self.handler.refresh_config()
         self.chat_page.model_changed()
 
+    def models_changed(self) -> None:
+        """The local models changed (a download finished, a model was deleted): pages that list them refresh."""
+        self.chat_page.refresh_model_picker()
+
 
 def main(page: ft.Page) -> None:
     HearthApp(page).start()

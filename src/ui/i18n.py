@@ -87,7 +87,7 @@ STRINGS: dict[str, dict[str, str]] = {
     "delete_model_q": {"en": "Delete {model}?", "zh": "删除 {model}？"},
     "delete_model_body": {"en": "Its files ({size}) will be removed from disk.", "zh": "将从磁盘删除其文件（{size}）。"},
     "status_embedded": {"en": "Built in", "zh": "内置"},
-    "status_not downloaded": {"en": "Not downloaded", "zh": "未下载"},
+    "status_not_downloaded": {"en": "Not downloaded", "zh": "未下载"},
     "status_partial": {"en": "Paused at {percent}%", "zh": "已暂停 {percent}%"},
     "status_downloading": {"en": "Downloading {percent}%", "zh": "下载中 {percent}%"},
     "status_ready": {"en": "Downloaded", "zh": "已下载"},

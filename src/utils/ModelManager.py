@@ -20,11 +20,18 @@ import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from src.db.database import get_app_setting, set_app_setting
 from src.db.user_models import UserModelStore
-from src.errors import DownloadError, DownloadInProgressError, ModelNotDownloadedError, NotDownloadableError, UnknownModelError
+from src.errors import (
+    DownloadError,
+    DownloadInProgressError,
+    ModelNotDownloadedError,
+    NotDownloadableError,
+    UnknownModelError,
+)
 from src.settings import get_settings
 from src.utils.catalog import (
     BUILTIN_MODELS,
@@ -56,12 +63,30 @@ logger = logging.getLogger(__name__)
 ENDPOINTS_SETTING = "hub_endpoints"
 _MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
-STATUS_EMBEDDED = "embedded"
-STATUS_NOT_DOWNLOADED = "not downloaded"
-STATUS_PARTIAL = "partial"
-STATUS_DOWNLOADING = "downloading"
-STATUS_READY = "ready"
-STATUS_CORRUPT = "corrupt"
+
+
+class ModelStatus(StrEnum):
+    """A catalog model's state, as ``models list`` prints it (the values are what users and scripts read)."""
+
+    EMBEDDED = "embedded"
+    NOT_DOWNLOADED = "not downloaded"
+    PARTIAL = "partial"
+    DOWNLOADING = "downloading"
+    READY = "ready"
+    CORRUPT = "corrupt"
+
+    @property
+    def message_key(self) -> str:
+        """Its name in the GUI's strings (src/ui/i18n.py): ``status_not_downloaded``."""
+        return f"status_{self.name.lower()}"
+
+
+STATUS_EMBEDDED = ModelStatus.EMBEDDED
+STATUS_NOT_DOWNLOADED = ModelStatus.NOT_DOWNLOADED
+STATUS_PARTIAL = ModelStatus.PARTIAL
+STATUS_DOWNLOADING = ModelStatus.DOWNLOADING
+STATUS_READY = ModelStatus.READY
+STATUS_CORRUPT = ModelStatus.CORRUPT
 
 
 @dataclass(frozen=True)

@@ -36,10 +36,11 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from urllib.parse import urljoin
 
-from src import settings as app_settings
+from src import settings as _settings
 from src.errors import (
     ChecksumMismatchError,
     DownloadError,
@@ -75,20 +76,33 @@ PROGRESS_RESETS_RETRIES_BYTES = 1 << 20
 # time (a size lie) would otherwise be asked again forever, so after that the file moves on to the next endpoint.
 MAX_RESTARTS_PER_ENDPOINT = 2
 
-# Download states, as shown to the user.
-QUEUED = "queued"
-DOWNLOADING = "downloading"
-PAUSED = "paused"
-VERIFYING = "verifying"
-DONE = "done"
-FAILED = "failed"
-CORRUPT = "corrupt"  # a verify found a bad file; downloading again fetches just that file
 
-# File states inside download_state.json.
-FILE_PENDING = "pending"
-FILE_PARTIAL = "partial"
-FILE_DONE = "done"
-FILE_SKIPPED = "skipped"  # an optional file the server does not have
+
+class DownloadStatus(StrEnum):
+    """A download's state, as shown to the user and stored in download_state.json (the values never change)."""
+
+    QUEUED = "queued"
+    DOWNLOADING = "downloading"
+    PAUSED = "paused"
+    VERIFYING = "verifying"
+    DONE = "done"
+    FAILED = "failed"
+    CORRUPT = "corrupt"  # a verify found a bad file; downloading again fetches just that file
+
+
+class FileStatus(StrEnum):
+    """One file's state inside download_state.json."""
+
+    PENDING = "pending"
+    PARTIAL = "partial"
+    DONE = "done"
+    SKIPPED = "skipped"  # an optional file the server does not have
+
+
+QUEUED, DOWNLOADING, PAUSED, VERIFYING = (DownloadStatus.QUEUED, DownloadStatus.DOWNLOADING, DownloadStatus.PAUSED,
+                                          DownloadStatus.VERIFYING)  # fmt: skip
+DONE, FAILED, CORRUPT = DownloadStatus.DONE, DownloadStatus.FAILED, DownloadStatus.CORRUPT
+FILE_PENDING, FILE_PARTIAL, FILE_DONE, FILE_SKIPPED = FileStatus.PENDING, FileStatus.PARTIAL, FileStatus.DONE, FileStatus.SKIPPED
 
 
 class CancelToken:
@@ -568,7 +582,7 @@ class ModelDownload:
 
     def _check_disk_space(self, state: DownloadState) -> None:
         remaining = state.total_bytes - state.done_bytes(self.folder)
-        needed = int(remaining * app_settings.DOWNLOAD_DISK_MARGIN)
+        needed = int(remaining * _settings.DOWNLOAD_DISK_MARGIN)
         free = free_disk_bytes(self.folder)
         if needed > free:
             raise InsufficientDiskSpaceError(str(self.folder), needed, free)
@@ -641,7 +655,7 @@ class ModelDownload:
                 else:
                     failures += 1
                 tried_since_progress.add(endpoint)
-                if failures > app_settings.DOWNLOAD_RETRIES:
+                if failures > _settings.DOWNLOAD_RETRIES:
                     raise FileDownloadFailedError(record.path, endpoint, str(exc), attempts) from None
                 following = self._next_endpoint(order, index)
                 index = index if following is None else following
@@ -652,7 +666,7 @@ class ModelDownload:
                 usable = sum(1 for e in order if self._restarts[e] <= MAX_RESTARTS_PER_ENDPOINT)
                 if failures and len(tried_since_progress) >= usable:
                     # Every endpoint failed in a row: wait before the next round (2 s, then longer).
-                    backoff = app_settings.DOWNLOAD_BACKOFF_S
+                    backoff = _settings.DOWNLOAD_BACKOFF_S
                     if self.cancel.wait(backoff[min(failures - 1, len(backoff) - 1)]):
                         raise _Cancelled from None
                     tried_since_progress = set()
@@ -708,7 +722,7 @@ class ModelDownload:
                     if transfer.offset:
                         headers["Range"] = f"bytes={transfer.offset}-"
                     with raw_http.get(
-                        url, headers, timeout=app_settings.HUB_READ_TIMEOUT_S, on_socket=interrupter.attach_socket
+                        url, headers, timeout=_settings.HUB_READ_TIMEOUT_S, on_socket=interrupter.attach_socket
                     ) as response:
                         location = response.headers.get("location")
                         if response.status in (301, 302, 303, 307, 308) and location:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
+from enum import StrEnum
 from typing import Any, Protocol
 
 from src import settings as _settings
@@ -87,11 +88,17 @@ class GenerationStats:
     total_s: float = 0.0
 
 
-# Why a generation ended.
-FINISH_STOP = "stop"  # end-of-sequence token or a stop string
-FINISH_LENGTH = "length"  # max_new_tokens reached
-FINISH_CANCELLED = "cancelled"
-FINISH_ERROR = "error"
+class FinishReason(StrEnum):
+    """Why a generation ended (stored with each reply; OpenAI's names where OpenAI has one)."""
+
+    STOP = "stop"  # end-of-sequence token or a stop string
+    LENGTH = "length"  # max_new_tokens reached
+    CANCELLED = "cancelled"
+    ERROR = "error"
+
+
+FINISH_STOP, FINISH_LENGTH = FinishReason.STOP, FinishReason.LENGTH
+FINISH_CANCELLED, FINISH_ERROR = FinishReason.CANCELLED, FinishReason.ERROR
 
 
 @dataclass

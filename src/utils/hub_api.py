@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 import httpx
 
-from src import settings as app_settings
+from src import settings as _settings
 from src.errors import (
     DownloadError,
     GatedRepoError,
@@ -142,10 +142,10 @@ class HubClient:
             if client is None:
                 client = httpx.Client(
                     timeout=httpx.Timeout(
-                        connect=app_settings.HUB_CONNECT_TIMEOUT_S,
-                        read=app_settings.HUB_READ_TIMEOUT_S,
-                        write=app_settings.HUB_CONNECT_TIMEOUT_S,
-                        pool=app_settings.HUB_CONNECT_TIMEOUT_S,
+                        connect=_settings.HUB_CONNECT_TIMEOUT_S,
+                        read=_settings.HUB_READ_TIMEOUT_S,
+                        write=_settings.HUB_CONNECT_TIMEOUT_S,
+                        pool=_settings.HUB_CONNECT_TIMEOUT_S,
                     ),
                     # Redirects are followed by hand so that the token policy is applied to every hop.
                     follow_redirects=False,
@@ -247,7 +247,7 @@ class HubClient:
         def probe(endpoint: str) -> None:
             started = time.monotonic()
             try:
-                response = self._get(self.revision_url(endpoint, repo, revision), timeout=app_settings.HUB_PROBE_TIMEOUT_S)
+                response = self._get(self.revision_url(endpoint, repo, revision), timeout=_settings.HUB_PROBE_TIMEOUT_S)
             except httpx.HTTPError as exc:
                 results[endpoint] = EndpointHealth(endpoint, False, None, _describe(exc))
                 return
@@ -260,7 +260,7 @@ class HubClient:
         for thread in threads:
             thread.start()
         for thread in threads:
-            thread.join(app_settings.HUB_PROBE_TIMEOUT_S + 1.0)
+            thread.join(_settings.HUB_PROBE_TIMEOUT_S + 1.0)
         return [
             results.get(e, EndpointHealth(e, False, None, "no answer")) for e in self.endpoints
         ]
@@ -279,7 +279,7 @@ class HubClient:
         def probe(endpoint: str) -> None:
             try:
                 response, payload = self.get_json(
-                    self.revision_url(endpoint, repo, revision), timeout=app_settings.HUB_PROBE_TIMEOUT_S
+                    self.revision_url(endpoint, repo, revision), timeout=_settings.HUB_PROBE_TIMEOUT_S
                 )
                 answers[endpoint] = ("response", (response, payload))
             except httpx.HTTPError as exc:
@@ -293,7 +293,7 @@ class HubClient:
         healthy: list[str] = []
         chosen: tuple[str, str] | None = None
         for endpoint in self.endpoints:
-            done[endpoint].wait(app_settings.HUB_PROBE_TIMEOUT_S + 1.0)
+            done[endpoint].wait(_settings.HUB_PROBE_TIMEOUT_S + 1.0)
             kind, value = answers.get(endpoint, ("error", "no answer"))
             if kind == "error":
                 problems.append(f"{endpoint}: {value}")

@@ -97,7 +97,7 @@ class ChatPage:
             expand=True,
             autofocus=True,
             on_submit=lambda e: self.send_or_stop(from_enter=True),
-            on_change=lambda e: self._update_send_button(),
+            on_change=lambda e: self.refresh_send_button(),
         )
         self.send_button = ft.FilledButton(tr("send"), icon=ft.Icons.SEND, on_click=lambda e: self.send_or_stop())
         composer = ft.Container(
@@ -113,7 +113,7 @@ class ChatPage:
             expand=True,
             spacing=0,
         )
-        self._update_send_button()
+        self.refresh_send_button()
         app.in_background(self._warm_up)
 
     # --- model ---------------------------------------------------------------------------------------------------
@@ -133,11 +133,12 @@ class ChatPage:
         self.model_status.value = text
 
     def model_changed(self) -> None:
-        self._fill_model_picker()
+        self.refresh_model_picker()
         self.app.in_background(self._warm_up)
         self.app.page.update()
 
-    def _fill_model_picker(self) -> None:
+    def refresh_model_picker(self) -> None:
+        """The picker's choices: downloaded models and saved servers (``HearthApp.models_changed`` calls it)."""
         options: list[ft.DropdownOption] = []
         for info in self.app.models.list_models():
             if info.status in (STATUS_EMBEDDED, STATUS_READY):
@@ -165,7 +166,7 @@ class ChatPage:
     # --- conversations -------------------------------------------------------------------------------------------
 
     def refresh(self) -> None:
-        self._fill_model_picker()
+        self.refresh_model_picker()
         self.refresh_list()
         self.show_chat()
 
@@ -271,8 +272,9 @@ class ChatPage:
 
     # --- sending -------------------------------------------------------------------------------------------------
 
-    def _update_send_button(self) -> None:
-        # A build waiting for the reviewer's comments takes input: the button sends them.
+    def refresh_send_button(self) -> None:
+        """Send or Stop, as the reply or workflow running in the chat now needs (workflows call it when they start
+        or stop taking input). A build waiting for the reviewer's comments takes input: the button sends them."""
         busy = self.reply is not None and not getattr(self.reply, "waiting_for_human", False)
         self.send_button.content = self.tr("stop") if busy else self.tr("send")
         self.send_button.icon = ft.Icons.STOP if busy else ft.Icons.SEND
@@ -283,7 +285,7 @@ class ChatPage:
         if isinstance(self.reply, CompanyBuild) and self.reply.waiting_for_human and text:
             self.input.value = ""
             self.reply.answer(text)
-            self._update_send_button()
+            self.refresh_send_button()
             self.app.page.update()
             return
         if self.reply is not None:
@@ -336,7 +338,7 @@ class ChatPage:
         workflow.chat_id = chat_id
         self.reply = workflow
         workflow.start()
-        self._update_send_button()
+        self.refresh_send_button()
         self.refresh_list()
         self.app.page.update()
 
@@ -354,7 +356,7 @@ class ChatPage:
             return
         self.input.value = ""
         self.messages.controls = [c for c in (render_event(self.tr, e) for e in events) if c is not None]
-        self._update_send_button()
+        self.refresh_send_button()
         self.app.page.update()
 
     def run_workflow(self, workflow: Any, work: Callable[[], Any]) -> None:
@@ -377,7 +379,7 @@ class ChatPage:
     def _workflow_finished(self, workflow: Any, result: Any, error: str | None) -> None:
         self.reply = None
         self.input.label = self.tr("message_hint")
-        self._update_send_button()
+        self.refresh_send_button()
         if error is not None:
             self.app.show_error(error)
             return
@@ -415,7 +417,7 @@ class ChatPage:
         self.messages.controls.append(self._assistant_bubble(None, body=live))
         pending = _PendingReply()
         self.reply = pending
-        self._update_send_button()
+        self.refresh_send_button()
         self.app.page.update()
         threading.Thread(
             target=self._open_reply, args=(open_reply, chat_id, live, pending, user_text), daemon=True
@@ -448,7 +450,7 @@ class ChatPage:
         self.reply = None
         if user_text is not None and not (self.input.value or "").strip():
             self.input.value = user_text  # nothing is lost: the message is back in the input
-        self._update_send_button()
+        self.refresh_send_button()
         self.app.show_error(message)
         self.show_chat()
 
@@ -458,7 +460,7 @@ class ChatPage:
     def _finished(self, result: GenerationResult | None, error: BaseException | None) -> None:
         self.reply = None
         self.pump = None
-        self._update_send_button()
+        self.refresh_send_button()
         if error is not None:
             self.app.show_error(str(error))
         self.refresh_list()

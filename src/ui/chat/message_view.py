@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import flet as ft
 
-_FENCE = re.compile(r"^```([^\n`]*)\n(.*?)(?:^```[ \t]*$|\Z)", re.MULTILINE | re.DOTALL)
+from src.utils.fences import fenced_blocks, split_lines
 
 
 @dataclass(frozen=True)
@@ -20,16 +19,20 @@ class Segment:
 
 def split_code_blocks(text: str) -> list[Segment]:
     """Markdown prose and fenced code blocks, in order (an unclosed fence, as in a reply still streaming, runs to
-    the end)."""
+    the end; ``src/utils/fences.py`` reads the fences)."""
+    lines = split_lines(text)
     segments: list[Segment] = []
     position = 0
-    for match in _FENCE.finditer(text):
-        if match.start() > position and text[position : match.start()].strip():
-            segments.append(Segment("markdown", text[position : match.start()]))
-        segments.append(Segment("code", match.group(2).rstrip("\n"), match.group(1).strip()))
-        position = match.end()
-    if text[position:].strip():
-        segments.append(Segment("markdown", text[position:]))
+    for block in fenced_blocks(lines):
+        prose = "\n".join(lines[position : block.start])
+        if prose.strip():
+            segments.append(Segment("markdown", prose))
+        language = block.info.split()[0] if block.info.split() else ""
+        segments.append(Segment("code", block.body.rstrip("\n"), language))
+        position = block.end + 1
+    rest = "\n".join(lines[position:])
+    if rest.strip():
+        segments.append(Segment("markdown", rest))
     return segments
 
 

@@ -22,6 +22,7 @@ from src.utils.ModelManager import (
     STATUS_PARTIAL,
     STATUS_READY,
     ModelInfo,
+    ModelStatus,
 )
 from src.utils.providers import PROVIDER_LOCAL, PROVIDER_OPENAI_COMPATIBLE
 
@@ -227,7 +228,7 @@ class SettingsPage:
 
     def _status_text(self, info: ModelInfo) -> str:
         percent = f"{(info.fraction or 0) * 100:.0f}"
-        return self.tr(f"status_{info.status}", percent=percent)
+        return self.tr(ModelStatus(info.status).message_key, percent=percent)
 
     def _model_card(self, info: ModelInfo, in_use: bool) -> ft.Control:
         tr = self.tr
@@ -354,7 +355,7 @@ class SettingsPage:
         self.app.downloads.pop(handle.model_id, None)
         self.refresh_models()
         if handle.result is not None and handle.result.status == DONE:
-            self.app.chat_page._fill_model_picker()
+            self.app.models_changed()
 
     def _apply_progress(self, model_id: str, update: DownloadProgress) -> None:
         parts = self.card_parts.get(model_id)
@@ -415,7 +416,7 @@ class SettingsPage:
             except HearthError as exc:
                 self.app.show_error(str(exc))
             self.refresh_models()
-            self.app.chat_page._fill_model_picker()
+            self.app.models_changed()
 
         body = ft.Text(self.tr("delete_model_body", size=human_bytes(info.size_bytes)))
         self.app.ask(self.tr("delete_model_q", model=info.entry.id), body, self.tr("delete"), delete)

@@ -136,7 +136,7 @@ class CompanyBuild:
         self.waiting_for_human = True
         self.chat.messages.controls.append(self._bubble("Reviewer", prompt))
         self.chat.input.label = self.tr("reviewer_hint")
-        self.chat._update_send_button()
+        self.chat.refresh_send_button()
 
     def _run(self) -> None:
         self.chat.run_workflow(self, self._build_and_run)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from src.errors import UnsafePathError
+from src.utils.fences import fenced_blocks, split_lines
 from src.utils.files import safe_relative_path as _checked_relative_path
 
 logger = logging.getLogger(__name__)
@@ -96,7 +97,6 @@ _FIRST_LINE_RE = re.compile(
     rf"^\s*(?:#+|//+|--|/\*+|<!--|;+|'''|\"\"\")\s*{_LABEL}[`*'\"]*{_NAME}[`*'\"]*\s*:?\s*(?:\*/|-->|'''|\"\"\")?\s*$",
     re.IGNORECASE,
 )
-_FENCE_RE = re.compile(r"^(?P<indent>\s{0,12})(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`]*?)\s*$")
 _ENTRY_POINT_RE = re.compile(r"""^\s*if\s+__name__\s*==\s*['"]__main__['"]\s*:""", re.MULTILINE)
 # Enough to tell an unlabelled block of Python from program output or prose.
 _LOOKS_LIKE_PYTHON_RE = re.compile(
@@ -104,41 +104,6 @@ _LOOKS_LIKE_PYTHON_RE = re.compile(
     r"print\s*\(|[A-Za-z_][\w.]*\s*(?:\[[^\]]*\])?\s*[+\-*/]?=\s*\S|for\s+\w.*:\s*$|while\s.*:\s*$)",
     re.MULTILINE,
 )
-
-
-@dataclass
-class _Block:
-    info: str
-    lines: list[str]
-    start: int  # index of the opening fence line
-    end: int  # index of the closing fence line (== len(lines) when the reply stops inside the block)
-
-
-def _parse_blocks(lines: list[str]) -> list[_Block]:
-    blocks: list[_Block] = []
-    i = 0
-    while i < len(lines):
-        match = _FENCE_RE.match(lines[i])
-        if not match:
-            i += 1
-            continue
-        fence = match["fence"]
-        body: list[str] = []
-        j = i + 1
-        while j < len(lines):
-            line = lines[j]
-            stripped = line.strip()
-            if stripped.startswith(fence[0] * len(fence)) and stripped.strip(fence[0]) == "":
-                break
-            # Small models often glue the closing fence to the last line of code: `main()```.
-            if stripped.endswith(fence) and not stripped.startswith(fence[0] * 3):
-                body.append(line.rstrip()[: -len(fence)])
-                break
-            body.append(line)
-            j += 1
-        blocks.append(_Block(info=match["info"], lines=body, start=i, end=j))
-        i = j + 1
-    return blocks
 
 
 def _clean_name(raw: str) -> str:
@@ -228,12 +193,12 @@ def extract_code_files(text: str, *, default_language: str = "python") -> list[E
     kept). An unlabelled, unnamed fence is kept only if it looks like ``default_language`` code. A reply that
     stops inside a block (the model ran out of tokens) keeps what it has.
     """
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    lines = split_lines(text)
     default_language = _normalise_language(default_language)
     named: list[tuple[str, str, str]] = []  # (name, content, language) in reply order
     unnamed: list[tuple[int, str, str]] = []  # (position among all blocks, content, language)
     previous_end = -1
-    for position, block in enumerate(_parse_blocks(lines)):
+    for position, block in enumerate(fenced_blocks(lines)):
         language_word, name = _name_from_info(block.info)
         if name is None:
             # The closest non-blank line before the fence, but never inside or before the previous block.

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from src.errors import CompanyError
+from src.utils.fences import fenced_blocks, split_lines, unwrapped
 from src.utils.generation import ChatMessage, ChatModel, GenerationParams
 from src.workflows.company.code_extraction import extract_code_files
 from src.workflows.company.config import CompanyConfig, PhaseSpec, SimpleStep, fill_placeholders
@@ -58,7 +59,6 @@ REFLECTION_ROLES = ("Chief Executive Officer", "Counselor")  # ChatDev's pair fo
 _REQUIREMENT_RE = re.compile(
     r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[\w,\s-]+\])?\s*((==|>=|<=|~=|!=|>|<)\s*[\w.*+-]+\s*,?\s*)*$"
 )
-_FENCED_RE = re.compile(r"^\s*(`{3,}|~{3,})[^\n]*\n(.*?)^\s*\1\s*$", re.DOTALL | re.MULTILINE)
 _PLAN_FILE_LINE_RE = re.compile(r"^\s*(?:[-*+]|\d+[.)])?\s*[`*_]*([\w./-]+\.py)[`*_]*\s*[:\u2013-]\s*(.+)$")
 _PYTEST_COUNT_RE = re.compile(r"(\d+) (passed|failed|errors?)\b")
 
@@ -725,8 +725,8 @@ def requirements_from_reply(reply: str) -> str:
         if extracted.path.lower().endswith("requirements.txt"):
             text = extracted.content
     if text is None:
-        match = _FENCED_RE.search(reply)
-        text = match.group(2) if match else reply
+        blocks = fenced_blocks(split_lines(reply))
+        text = blocks[0].body if blocks else reply
     keep: list[str] = []
     for line in text.splitlines():
         stripped = line.strip()
@@ -752,8 +752,8 @@ def manual_from_reply(reply: str) -> str:
             return extracted.content
     lines = [line for line in reply.splitlines() if not line.strip().upper().startswith(INFO_MARK)]
     text = "\n".join(lines).strip()
-    match = _FENCED_RE.fullmatch(text + "\n") if text.startswith(("```", "~~~")) else None
-    return (match.group(2) if match else text).strip() + "\n"
+    inside = unwrapped(text)
+    return (text if inside is None else inside).strip() + "\n"
 
 
 @register_phase("Manual")
