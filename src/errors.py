@@ -6,9 +6,27 @@ Everything a user can cause (bad input, a missing model, an unreachable server, 
 
 from __future__ import annotations
 
+import re
+
 
 class HearthError(Exception):
-    """Base class of every error caused by input, configuration or environment rather than by a bug."""
+    """Base class of every error caused by input, configuration or environment rather than by a bug.
+
+    The message (``str(error)``) is English: the CLI and the logs show it. Each error keeps what it is about as
+    attributes, and ``message_key`` names its sentence in the GUI's strings (``src/ui/i18n.py``), which fills it from
+    those attributes in the user's language (``translate_error``); an error without a translation shows its English.
+    """
+
+    @property
+    def message_key(self) -> str:
+        """``error_server_unreachable`` for ``ServerUnreachableError``."""
+        words = re.sub(r"(?<!^)(?=[A-Z])", "_", type(self).__name__.removesuffix("Error")).lower()
+        return f"error_{words}"
+
+    @property
+    def fields(self) -> dict[str, object]:
+        """What the error is about (its public attributes), for a translated message."""
+        return {name: value for name, value in vars(self).items() if not name.startswith("_")}
 
 
 # --- input -----------------------------------------------------------------------------------------------------
@@ -66,11 +84,13 @@ class InvalidSettingError(ConfigError):
 
 class UnknownProviderError(ConfigError):
     def __init__(self, provider: str, known: list[str]) -> None:
+        self.provider, self.known = provider, list(known)
         super().__init__(f"Unknown provider {provider!r}. Choose one of: {', '.join(known)}.")
 
 
 class ConfigNotFoundError(ConfigError, LookupError):
     def __init__(self, config_id: int) -> None:
+        self.config_id = config_id
         super().__init__(f"There is no LLM configuration with id {config_id}.")
 
 
@@ -115,6 +135,7 @@ class EmbeddedModelMissingError(HearthError):
 
 class KeyringUnavailableError(HearthError):
     def __init__(self, detail: str = "") -> None:
+        self.detail = detail
         super().__init__(
             "No OS keyring is available to store the API key securely"
             + (f" ({detail})" if detail else "")
@@ -134,16 +155,19 @@ class ProviderError(HearthError):
 
 class ServerUnreachableError(ProviderError):
     def __init__(self, base_url: str, detail: str) -> None:
+        self.base_url, self.detail = base_url, detail
         super().__init__(f"Cannot reach the server at {base_url} ({detail}). Is it running, and is the URL right?")
 
 
 class ServerTimeoutError(ProviderError):
     def __init__(self, base_url: str, seconds: float) -> None:
+        self.base_url, self.seconds = base_url, seconds
         super().__init__(f"The server at {base_url} did not answer within {seconds:g} s. Try again or check the server.")
 
 
 class AuthenticationError(ProviderError):
     def __init__(self, base_url: str, detail: str = "") -> None:
+        self.base_url, self.detail = base_url, detail
         super().__init__(
             f"The server at {base_url} rejected the API key (401)"
             + (f": {detail}" if detail else "")
@@ -153,6 +177,7 @@ class AuthenticationError(ProviderError):
 
 class RemoteModelNotFoundError(ProviderError):
     def __init__(self, base_url: str, model: str, detail: str = "") -> None:
+        self.base_url, self.model, self.detail = base_url, model, detail
         super().__init__(
             f"The server at {base_url} has no model named {model!r}"
             + (f" ({detail})" if detail else "")
@@ -169,6 +194,7 @@ class DownloadError(HearthError):
 
 class InvalidRepoIdError(DownloadError, ValueError):
     def __init__(self, repo: str) -> None:
+        self.repo = repo
         super().__init__(
             f"{repo!r} is not a Hugging Face repository id. Use the form owner/name, e.g. Qwen/Qwen2.5-0.5B-Instruct."
         )
@@ -176,11 +202,13 @@ class InvalidRepoIdError(DownloadError, ValueError):
 
 class RepoNotFoundError(DownloadError):
     def __init__(self, repo: str, revision: str, endpoint: str) -> None:
+        self.repo, self.revision, self.endpoint = repo, revision, endpoint
         super().__init__(f"Repository {repo!r} (revision {revision!r}) was not found on {endpoint}. Check the name.")
 
 
 class GatedRepoError(DownloadError):
     def __init__(self, repo: str, endpoint: str, status: int) -> None:
+        self.repo, self.endpoint, self.status = repo, endpoint, status
         super().__init__(
             f"Repository {repo!r} on {endpoint} needs permission ({status}): accept its license on the Hub and set "
             "a token in HF_TOKEN (the token is only ever sent to huggingface.co)."
@@ -189,11 +217,13 @@ class GatedRepoError(DownloadError):
 
 class RemoteFileNotFoundError(DownloadError):
     def __init__(self, repo: str, path: str, endpoint: str) -> None:
+        self.repo, self.path, self.endpoint = repo, path, endpoint
         super().__init__(f"File {path!r} of {repo!r} was not found on {endpoint}.")
 
 
 class NoHealthyEndpointError(DownloadError):
     def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
         super().__init__(
             "No download endpoint answered: " + "; ".join(problems) + ". Check the network or add a mirror "
             "(--endpoint URL, or the mirror list in the settings)."
@@ -202,6 +232,7 @@ class NoHealthyEndpointError(DownloadError):
 
 class FileDownloadFailedError(DownloadError):
     def __init__(self, path: str, endpoint: str, cause: str, attempts: int) -> None:
+        self.path, self.endpoint, self.cause, self.attempts = path, endpoint, cause, attempts
         super().__init__(
             f"Downloading {path!r} from {endpoint} failed after {attempts} attempts: {cause}. "
             "Run the download again to resume where it stopped."
@@ -210,6 +241,7 @@ class FileDownloadFailedError(DownloadError):
 
 class ChecksumMismatchError(DownloadError):
     def __init__(self, path: str, expected: str, actual: str) -> None:
+        self.path, self.expected, self.actual = path, expected, actual
         super().__init__(
             f"{path!r} is corrupt even after downloading it again (expected sha256 {expected[:12]}..., got "
             f"{actual[:12]}...). The mirror may serve a bad copy: try another endpoint."
@@ -218,6 +250,7 @@ class ChecksumMismatchError(DownloadError):
 
 class InsufficientDiskSpaceError(DownloadError):
     def __init__(self, folder: str, needed: int, free: int) -> None:
+        self.folder, self.needed, self.free = folder, needed, free
         super().__init__(
             f"Not enough disk space in {folder}: the download needs {needed / 1e9:.2f} GB more (including a 10% "
             f"margin) but only {free / 1e9:.2f} GB is free. Free some space or move the models folder "
@@ -227,11 +260,13 @@ class InsufficientDiskSpaceError(DownloadError):
 
 class DownloadInProgressError(DownloadError):
     def __init__(self, model_id: str) -> None:
+        self.model_id = model_id
         super().__init__(f"Model {model_id!r} is already being downloaded (by this or another Hearth process).")
 
 
 class NotDownloadableError(DownloadError):
     def __init__(self, model_id: str) -> None:
+        self.model_id = model_id
         super().__init__(f"Model {model_id!r} ships with Hearth and is not downloaded.")
 
 

@@ -21,7 +21,7 @@ from src.db.database import get_app_setting, set_app_setting
 from src.db.llm_config_db import LLMConfigDB
 from src.errors import HearthError
 from src.settings import PROJECT_ROOT
-from src.ui.i18n import LANGUAGES, Translator
+from src.ui.i18n import LANGUAGES, Translator, translate_error
 from src.utils.ChatUtils import AIRequestHandlerWithHistory
 from src.utils.ModelManager import DownloadHandle, ModelManager
 
@@ -162,8 +162,9 @@ class HearthApp:
 
     # --- messages ------------------------------------------------------------------------------------------------
 
-    def show_error(self, message: str) -> None:
-        self.error_text.value = message
+    def show_error(self, error: str | BaseException) -> None:
+        """The banner: a text as it is, an error in the GUI's language (``translate_error``)."""
+        self.error_text.value = error if isinstance(error, str) else translate_error(error, self.tr.language)
         self.error_banner.visible = True
 
     def hide_error(self) -> None:

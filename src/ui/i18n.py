@@ -171,7 +171,103 @@ STRINGS: dict[str, dict[str, str]] = {
         "en": "The desktop window could not start ({reason}); Hearth opened in your browser instead.",
         "zh": "无法启动桌面窗口（{reason}），Hearth 已改为在浏览器中打开。",
     },
+    # Errors (src/errors.py): HearthError.message_key, filled from the error's fields. The CLI and logs stay English.
+    "error_empty_message": {"en": "The message is empty. Type something to send.", "zh": "消息为空。请输入内容后再发送。"},
+    "error_nothing_to_regenerate": {
+        "en": "There is no message to answer again in this conversation yet.", "zh": "这个对话中还没有可以重新回答的消息。",
+    },
+    "error_context_overflow": {
+        "en": "The message is too long for this model: it needs {needed} tokens but the model accepts {limit}. "
+        "Shorten the message or choose a model with a longer context.",
+        "zh": "消息对这个模型来说太长：需要 {needed} 个词元，但模型只接受 {limit} 个。请缩短消息，或选择上下文更长的模型。",
+    },
+    "error_unknown_model": {"en": "Unknown model “{model}”.", "zh": "未知模型“{model}”。"},
+    "error_model_not_downloaded": {
+        "en": "Model “{model_id}” is not downloaded. Download it in the settings.",
+        "zh": "模型“{model_id}”尚未下载。请在设置中下载。",
+    },
+    "error_engine_stopped": {
+        "en": "Hearth is shutting down; the local model has been unloaded and cannot answer any more.",
+        "zh": "Hearth 正在退出；本地模型已卸载，无法再回答。",
+    },
+    "error_keyring_unavailable": {
+        "en": "No OS keyring is available to store the API key securely. Hearth never writes API keys to plain "
+        "files. Unlock or install a keyring service (GNOME Keyring / KWallet, macOS Keychain, Windows Credential "
+        "Manager), or pass the key for this session only in the HEARTH_API_KEY environment variable.",
+        "zh": "没有可用的系统密钥环来安全保存 API 密钥，Hearth 从不把 API 密钥写入普通文件。请解锁或安装密钥环服务"
+        "（GNOME Keyring / KWallet、macOS 钥匙串、Windows 凭据管理器），或仅在本次会话中通过 HEARTH_API_KEY 环境变量提供密钥。",
+    },
+    "error_server_unreachable": {
+        "en": "Cannot reach the server at {base_url} ({detail}). Is it running, and is the URL right?",
+        "zh": "无法连接到服务器 {base_url}（{detail}）。服务器是否在运行？网址是否正确？",
+    },
+    "error_server_timeout": {
+        "en": "The server at {base_url} did not answer within {seconds:g} s. Try again or check the server.",
+        "zh": "服务器 {base_url} 在 {seconds:g} 秒内没有响应。请重试或检查服务器。",
+    },
+    "error_authentication": {
+        "en": "The server at {base_url} rejected the API key (401). Check the key in the LLM settings.",
+        "zh": "服务器 {base_url} 拒绝了 API 密钥（401）。请在语言模型设置中检查密钥。",
+    },
+    "error_remote_model_not_found": {
+        "en": "The server at {base_url} has no model named “{model}”. Check the model name (for Ollama: ollama list).",
+        "zh": "服务器 {base_url} 上没有名为“{model}”的模型。请检查模型名称（Ollama 可用 ollama list 查看）。",
+    },
+    "error_repo_not_found": {
+        "en": "Repository “{repo}” (revision “{revision}”) was not found on {endpoint}. Check the name.",
+        "zh": "在 {endpoint} 上找不到仓库“{repo}”（版本“{revision}”）。请检查名称。",
+    },
+    "error_gated_repo": {
+        "en": "Repository “{repo}” on {endpoint} needs permission ({status}): accept its license on the Hub and set a "
+        "token in HF_TOKEN (it is only ever sent to huggingface.co).",
+        "zh": "{endpoint} 上的仓库“{repo}”需要权限（{status}）：请在 Hub 上接受其许可，并在 HF_TOKEN 中设置令牌"
+        "（令牌只会发送给 huggingface.co）。",
+    },
+    "error_no_healthy_endpoint": {
+        "en": "No download source answered. Check the network, or add a mirror to the download sources.",
+        "zh": "没有任何下载源应答。请检查网络，或在下载源列表中添加镜像。",
+    },
+    "error_file_download_failed": {
+        "en": "Downloading “{path}” from {endpoint} failed after {attempts} attempts: {cause}. Download again to "
+        "resume where it stopped.",
+        "zh": "从 {endpoint} 下载“{path}”失败（已尝试 {attempts} 次）：{cause}。再次下载即可从中断处继续。",
+    },
+    "error_checksum_mismatch": {
+        "en": "“{path}” is corrupt even after downloading it again. The source may serve a bad copy: try another.",
+        "zh": "“{path}”重新下载后仍然损坏。该下载源可能提供了错误的副本：请换一个下载源。",
+    },
+    "error_download_in_progress": {
+        "en": "Model “{model_id}” is already being downloaded (by this or another Hearth).",
+        "zh": "模型“{model_id}”已在下载中（由本程序或另一个 Hearth 进程）。",
+    },
+    "error_file_restart_limit": {
+        "en": "{endpoint} kept answering with something that does not continue “{file}”, and no other source could "
+        "take over. Remove it from the download sources or put another one first, then download again to resume.",
+        "zh": "{endpoint} 的回应始终无法接续“{file}”，也没有其他下载源可以接替。请从下载源中移除它或把其他源排在前面，"
+        "然后再次下载以继续。",
+    },
+    "error_listing_refused": {
+        "en": "The file list of “{repo}” from {endpoint} was refused: the source may be broken or hostile. Remove it "
+        "from the download sources or put another one first.",
+        "zh": "来自 {endpoint} 的“{repo}”文件列表被拒绝：该下载源可能有故障或不可信。请从下载源中移除它或把其他源排在前面。",
+    },
 }
+
+
+def translate_error(error: BaseException, language: str) -> str:
+    """``error`` in ``language``: a HearthError by its ``message_key`` and fields; in English, or without a
+    translation, its own message; any other exception (a bug) as its type and message."""
+    from src.errors import HearthError
+
+    if not isinstance(error, HearthError):
+        return f"{type(error).__name__}: {error}"
+    entry = STRINGS.get(error.message_key)
+    if language == "en" or entry is None or language not in entry:
+        return str(error)  # the error's own English is the complete one (the "en" entries are the reference)
+    try:
+        return entry[language].format(**error.fields)
+    except (KeyError, IndexError, ValueError):  # a field the sentence needs is missing: the English is complete
+        return str(error)
 
 
 def default_language() -> str:

@@ -351,7 +351,7 @@ class ChatPage:
         try:
             events = load_events(Path(path_text).expanduser())
         except HearthError as exc:
-            self.app.show_error(str(exc))
+            self.app.show_error(exc)
             self.app.page.update()
             return
         self.input.value = ""
@@ -368,15 +368,12 @@ class ChatPage:
                 result = work()
                 model = "agent-company" if isinstance(workflow, CompanyBuild) else "evolution"
                 self.chats.add_message(workflow.chat_id, "assistant", workflow.transcript(result), model=model)
-        except HearthError as exc:
-            self.app.call_ui(self._workflow_finished, workflow, None, str(exc))
-            return
-        except Exception as exc:  # a bug: a banner, never a frozen chat
-            self.app.call_ui(self._workflow_finished, workflow, None, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # typed errors in the GUI's language; a bug too: a banner, never a frozen chat
+            self.app.call_ui(self._workflow_finished, workflow, None, exc)
             return
         self.app.call_ui(self._workflow_finished, workflow, result, None)
 
-    def _workflow_finished(self, workflow: Any, result: Any, error: str | None) -> None:
+    def _workflow_finished(self, workflow: Any, result: Any, error: BaseException | None) -> None:
         self.reply = None
         self.input.label = self.tr("message_hint")
         self.refresh_send_button()
@@ -427,8 +424,7 @@ class ChatPage:
         try:
             reply = open_reply(chat_id)
         except Exception as exc:  # typed errors read well; anything else is still a banner, never a frozen UI
-            message = str(exc) if isinstance(exc, HearthError) else f"{type(exc).__name__}: {exc}"
-            self.app.call_ui(self._failed_to_start, message, user_text)
+            self.app.call_ui(self._failed_to_start, exc, user_text)
             return
         if pending.cancelled.is_set():
             reply.cancel()
@@ -446,12 +442,12 @@ class ChatPage:
         self.reply = reply
         self.refresh_list()
 
-    def _failed_to_start(self, message: str, user_text: str | None) -> None:
+    def _failed_to_start(self, error: BaseException, user_text: str | None) -> None:
         self.reply = None
         if user_text is not None and not (self.input.value or "").strip():
             self.input.value = user_text  # nothing is lost: the message is back in the input
         self.refresh_send_button()
-        self.app.show_error(message)
+        self.app.show_error(error)
         self.show_chat()
 
     def _show_partial(self, live: ft.Markdown, text: str) -> None:
@@ -462,7 +458,7 @@ class ChatPage:
         self.pump = None
         self.refresh_send_button()
         if error is not None:
-            self.app.show_error(str(error))
+            self.app.show_error(error)
         self.refresh_list()
         self.show_chat()
 

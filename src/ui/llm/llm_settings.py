@@ -314,7 +314,7 @@ class SettingsPage:
         try:
             set_model_backend(model_id, backend)
         except HearthError as exc:
-            self.app.show_error(str(exc))
+            self.app.show_error(exc)
             self.app.page.update()
             return
         engine = LocalLLMEngine.shared()
@@ -335,7 +335,7 @@ class SettingsPage:
                 model_id, progress=lambda update: self.app.call_ui(self._apply_progress, model_id, update)
             )
         except HearthError as exc:
-            self.app.show_error(str(exc))
+            self.app.show_error(exc)
             self.app.page.update()
             return
         self.app.downloads[model_id] = handle
@@ -351,7 +351,7 @@ class SettingsPage:
 
     def _download_ended(self, handle: Any) -> None:
         if handle.error is not None:
-            self.app.show_error(str(handle.error))
+            self.app.show_error(handle.error)
         self.app.downloads.pop(handle.model_id, None)
         self.refresh_models()
         if handle.result is not None and handle.result.status == DONE:
@@ -414,7 +414,7 @@ class SettingsPage:
             try:
                 self.app.models.delete(info.entry.id)
             except HearthError as exc:
-                self.app.show_error(str(exc))
+                self.app.show_error(exc)
             self.refresh_models()
             self.app.models_changed()
 
@@ -445,7 +445,7 @@ class SettingsPage:
         try:
             self.app.models.set_endpoints(endpoints)
         except HearthError as exc:
-            self.app.show_error(str(exc))
+            self.app.show_error(exc)
         self.refresh_endpoints()
         self.app.page.update()
 
